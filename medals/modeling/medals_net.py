@@ -1,0 +1,99 @@
+"""The Medal S network: UNet features, multi-scale image tokens, text-query decoding and prompt fusion.
+
+Shapes: image (B, 1, H, W, D) with raw 0–255 intensities; union prompt `sc` (B, 1, H, W, D); per-query
+prompts `mc` (B, N, H, W, D) aligned with the queries; queries (N, C) shared by the batch or (B, N, C).
+Output: raw logits (B, N, H, W, D).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import NetConfig
+from .positional import positional_table
+from .query_decoder import QueryDecoder
+from .unet import StackedConvBlocks, UNet
+
+
+def _mlp(dims: list[int]) -> nn.Sequential:
+    """Linear → GELU after every layer (the official mask heads end with a GELU too)."""
+    layers = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), nn.GELU()]
+    return nn.Sequential(*layers)
+
+
+def _weighted_channel_sum(weights: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """out[b, i, x] = Σ_j weights[b, i, j] · maps[b, j, x] for maps (B, J, *spatial) → (B, I, *spatial).
+
+    A batched matrix product on the flattened maps: no channels-last copy of the full-size maps.
+    """
+    spatial = maps.shape[2:]
+    out = torch.bmm(weights.to(maps.dtype), maps.flatten(2))
+    return out.view(out.shape[0], out.shape[1], *spatial)
+
+
+class MedalSNet(nn.Module):
+    def __init__(self, config: NetConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.backbone = UNet(c.in_channels, c.features, c.strides, c.convs_per_stage)
+        # Pool every encoder scale onto the bottleneck's token grid (kernel = stride ratio to the bottleneck).
+        self.pool_kernels = []
+        total = 1
+        for stride in c.strides:
+            total *= stride
+            self.pool_kernels.append(c.token_stride // total)
+        self.projection_layer = nn.Sequential(
+            nn.Linear(sum(c.features), c.query_dim), nn.GELU(), nn.Linear(c.query_dim, c.query_dim), nn.GELU())
+        self.register_buffer("pos_embedding", positional_table(c.token_grid, c.query_dim), persistent=False)
+        self.transformer_decoder = QueryDecoder(c.query_dim, c.heads, c.ffn_dim, c.decoder_layers)
+        if c.deep_supervision:
+            # Heads for decoder levels /2, /4, /8 straight from the decoded queries (training only).
+            self.mid_mask_embed_proj = nn.ModuleList([
+                _mlp([c.query_dim, c.mask_hidden * (k + 1) // 2, c.features[k]]) for k in (1, 2, 3)])
+        self.mask_embed_proj = _mlp([c.query_dim, c.mask_hidden, c.mask_dim])
+        self.fusion_conv = StackedConvBlocks(1, 2 * c.mask_dim, c.mask_dim)
+
+    def image_tokens(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        """Encoder outputs → token memory (T, B, C), tokens flattened row-major over (h, w, d)."""
+        pooled = [F.avg_pool3d(s, k) if k > 1 else s for s, k in zip(skips, self.pool_kernels)]
+        tokens = torch.cat(pooled, dim=1).flatten(2).transpose(1, 2)  # (B, T, ΣC)
+        return self.projection_layer(tokens).transpose(0, 1)
+
+    def forward(self, queries: torch.Tensor, image: torch.Tensor, sc: torch.Tensor | None = None,
+                mc: torch.Tensor | None = None):
+        """Logits (B, N, H, W, D); with deep supervision in training, a list [full, /2, /4, /8].
+
+        `sc=None` means a zero prompt channel; `mc=None` skips the fusion path (which differs from fusing an
+        all-zero prompt, as the official coarse stage does).
+        """
+        batch = image.shape[0]
+        if sc is None:
+            sc = torch.zeros_like(image)
+        skips = self.backbone.encoder(torch.cat([image, sc.to(image.dtype)], dim=1))
+        memory = self.image_tokens(skips)
+        if queries.ndim == 2:
+            queries = queries[:, None, :].expand(-1, batch, -1)
+        else:
+            queries = queries.transpose(0, 1)
+        decoded = self.transformer_decoder(queries.to(memory.dtype), memory, self.pos_embedding.to(memory.dtype))
+        decoded = decoded.transpose(0, 1)  # (B, N, C)
+        del memory
+
+        deep = self.config.deep_supervision and self.training
+        outs = self.backbone.decoder(skips, all_levels=deep)
+        del skips
+        embeddings = self.mask_embed_proj(decoded)  # (B, N, mask_dim)
+        pixels = outs[0]
+        if mc is not None:
+            prompt_embedding = _weighted_channel_sum(embeddings.transpose(1, 2), mc.to(pixels.dtype))
+            pixels = self.fusion_conv.forward_split([pixels, prompt_embedding])
+            del prompt_embedding
+        logits = _weighted_channel_sum(embeddings, pixels)
+        if not deep:
+            return logits
+        mid = [_weighted_channel_sum(head(decoded), outs[k]) for k, head in zip((1, 2, 3), self.mid_mask_embed_proj)]
+        return [logits, *mid]
