@@ -57,11 +57,43 @@ class MedalSNet(nn.Module):
         self.mask_embed_proj = _mlp([c.query_dim, c.mask_hidden, c.mask_dim])
         self.fusion_conv = StackedConvBlocks(1, 2 * c.mask_dim, c.mask_dim)
 
+    def encode(self, image: torch.Tensor, sc: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Encoder outputs for image (B,1,H,W,D) and union prompt sc (None = zeros), shallow first."""
+        if sc is None:
+            sc = torch.zeros_like(image)
+        return self.backbone.encoder(torch.cat([image, sc.to(image.dtype)], dim=1))
+
     def image_tokens(self, skips: list[torch.Tensor]) -> torch.Tensor:
         """Encoder outputs → token memory (T, B, C), tokens flattened row-major over (h, w, d)."""
         pooled = [F.avg_pool3d(s, k) if k > 1 else s for s, k in zip(skips, self.pool_kernels)]
         tokens = torch.cat(pooled, dim=1).flatten(2).transpose(1, 2)  # (B, T, ΣC)
         return self.projection_layer(tokens).transpose(0, 1)
+
+    def decode_queries(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """Queries (N, C) shared by the batch, or (B, N, C) → decoded queries (B, N, C)."""
+        if queries.ndim == 2:
+            queries = queries[:, None, :].expand(-1, memory.shape[1], -1)
+        else:
+            queries = queries.transpose(0, 1)
+        decoded = self.transformer_decoder(queries.to(memory.dtype), memory, self.pos_embedding.to(memory.dtype))
+        return decoded.transpose(0, 1)
+
+    def pixel_features(self, full_res: torch.Tensor, embeddings: torch.Tensor,
+                       mc: torch.Tensor | None) -> torch.Tensor:
+        """Per-voxel embedding (B, mask_dim, H, W, D), fused with the per-query prompts when `mc` is given.
+
+        Fusion: each voxel gets Σ_n mc[n]·e_n (the mask embeddings of the classes whose prompt covers it),
+        concatenated with the decoder features and mixed by `fusion_conv`.
+        """
+        if mc is None:
+            return full_res
+        prompt_embedding = _weighted_channel_sum(embeddings.transpose(1, 2), mc.to(full_res.dtype))
+        return self.fusion_conv.forward_split([full_res, prompt_embedding])
+
+    @staticmethod
+    def logits(embeddings: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """Dot product of each query's mask embedding (B, N, C) with every voxel's embedding → (B, N, H, W, D)."""
+        return _weighted_channel_sum(embeddings, pixels)
 
     def forward(self, queries: torch.Tensor, image: torch.Tensor, sc: torch.Tensor | None = None,
                 mc: torch.Tensor | None = None):
@@ -70,29 +102,12 @@ class MedalSNet(nn.Module):
         `sc=None` means a zero prompt channel; `mc=None` skips the fusion path (which differs from fusing an
         all-zero prompt, as the official coarse stage does).
         """
-        batch = image.shape[0]
-        if sc is None:
-            sc = torch.zeros_like(image)
-        skips = self.backbone.encoder(torch.cat([image, sc.to(image.dtype)], dim=1))
-        memory = self.image_tokens(skips)
-        if queries.ndim == 2:
-            queries = queries[:, None, :].expand(-1, batch, -1)
-        else:
-            queries = queries.transpose(0, 1)
-        decoded = self.transformer_decoder(queries.to(memory.dtype), memory, self.pos_embedding.to(memory.dtype))
-        decoded = decoded.transpose(0, 1)  # (B, N, C)
-        del memory
-
-        deep = self.config.deep_supervision and self.training
-        outs = self.backbone.decoder(skips, all_levels=deep)
-        del skips
+        skips = self.encode(image, sc)
+        decoded = self.decode_queries(queries, self.image_tokens(skips))
         embeddings = self.mask_embed_proj(decoded)  # (B, N, mask_dim)
-        pixels = outs[0]
-        if mc is not None:
-            prompt_embedding = _weighted_channel_sum(embeddings.transpose(1, 2), mc.to(pixels.dtype))
-            pixels = self.fusion_conv.forward_split([pixels, prompt_embedding])
-            del prompt_embedding
-        logits = _weighted_channel_sum(embeddings, pixels)
+        deep = self.config.deep_supervision and self.training
+        outs = self.backbone.decoder(skips, all_levels=deep)  # consumes the skips to free memory early
+        logits = self.logits(embeddings, self.pixel_features(outs[0], embeddings, mc))
         if not deep:
             return logits
         mid = [_weighted_channel_sum(head(decoded), outs[k]) for k, head in zip((1, 2, 3), self.mid_mask_embed_proj)]

@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine:
+#   make demo   — set up, then segment the bundled sample by text prompt with the bundled model
+#   make test   — set up, then run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements/lock.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned in the same command as everything else, so nothing can pull a CUDA build.
+	$(PY) -m pip install --quiet -r requirements/lock.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	bash scripts/install_data.sh
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/medals demo
+
+test: setup
+	$(PY) -m pytest -q Testing/Python
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" Testing/Python
+
+clean:
+	rm -rf $(VENV)
