@@ -99,14 +99,16 @@ def test_training_mode_gives_deep_supervision_levels(parity_weights):
                                                  (1, 3, 4, 4, 4)]
 
 
-def test_lean_inference_matches_autograd_path():
-    """The in-place, concatenation-free inference path equals the plain autograd path of the same weights."""
+@pytest.mark.parametrize("batch", [1, 2])
+def test_lean_inference_matches_autograd_path(batch):
+    """The in-place, concatenation-free inference path (with the folded prompt fusion) equals the plain
+    autograd path of the same weights, for one window and for a batch of windows."""
     torch.manual_seed(0)
     config = NetConfig(crop_size=(32, 32, 64), features=(8, 8, 16, 16, 32, 32), query_dim=48, heads=4,
                        ffn_dim=64, decoder_layers=2, mask_hidden=32)
     net = MedalSNet(config).eval()
-    queries, image = torch.randn(2, 48), torch.rand(1, 1, 32, 32, 64) * 255
-    mc = (torch.rand(1, 2, 32, 32, 64) > 0.7).float()
+    queries, image = torch.randn(2, 48), torch.rand(batch, 1, 32, 32, 64) * 255
+    mc = (torch.rand(batch, 2, 32, 32, 64) > 0.7).float()
     with torch.no_grad():
         lean = net(queries, image, mc.amax(1, keepdim=True), mc)
     plain = net(queries, image, mc.amax(1, keepdim=True), mc).detach()

@@ -42,20 +42,35 @@ class ConvNormAct(nn.Module):
         return _instance_norm_lrelu_(self.conv(x), self.norm)
 
     def forward_split(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        """Same as forward(cat(parts, dim=1)) without building the concatenation.
+        """Same as forward(cat(parts, dim=1)) without building the concatenation; `parts` is consumed.
 
         A convolution is linear in its input channels, so it is the sum of convolutions of each part with the
-        matching slice of the weight.
+        matching slice of the weight. Parts are released as soon as they are convolved.
         """
         if torch.is_grad_enabled():
             return self(torch.cat(parts, dim=1))
-        out, start = None, 0
+        pairs, start = [], 0
         for part in parts:
-            weight = self.conv.weight[:, start:start + part.shape[1]]
-            term = F.conv3d(part, weight, self.conv.bias if out is None else None, padding=1)
+            pairs.append((part, self.conv.weight[:, start:start + part.shape[1]]))
+            start += part.shape[1]
+        parts.clear()
+        return self.forward_terms(pairs)
+
+    def forward_terms(self, terms: list[tuple[torch.Tensor, torch.Tensor]],
+                      extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised, activated Σ_t conv(input_t, weight_t) + bias + extra, for (input, weight) pairs.
+
+        No autograd. The list is consumed so each input can be freed right after its convolution; `extra` is
+        a precomputed pre-activation term of the same shape as the output.
+        """
+        out = extra
+        while terms:
+            part, weight = terms.pop(0)
+            term = F.conv3d(part, weight, padding=1)
+            del part
             out = term if out is None else out.add_(term)
             del term
-            start += part.shape[1]
+        out.add_(self.conv.bias.view(1, -1, *([1] * (out.ndim - 2))))
         return _instance_norm_lrelu_(out, self.norm)
 
 
@@ -117,10 +132,9 @@ class Decoder(nn.Module):
         x = skips.pop()
         outs = []
         for transpconv, stage in zip(self.transpconvs, self.stages):
-            up = transpconv(x)
+            parts = [transpconv(x), skips.pop()]
             del x
-            x = stage.forward_split([up, skips.pop()])
-            del up
+            x = stage.forward_split(parts)
             if all_levels:
                 outs.append(x)
         if not all_levels:
