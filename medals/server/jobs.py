@@ -1,0 +1,164 @@
+"""The job queue: one worker thread runs one job at a time, so the model is never used concurrently.
+
+Jobs move queued → running → succeeded | failed | cancelled. Cancelling a queued job removes it at once;
+cancelling a running job sets its `cancel` event, which the job function checks between windows.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any, Callable
+
+from ..errors import Cancelled, MedalSError
+from .errors import JobNotFound, QueueFull
+
+log = logging.getLogger("medals.server")
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+
+
+class Job:
+    """One request and its progress. `payload` is whatever the job function needs; `result` what it returned."""
+
+    def __init__(self, payload: Any, request_key: str | None = None):
+        self.id = uuid.uuid4().hex
+        self.payload = payload
+        self.request_key = request_key
+        self.state = QUEUED
+        self.stage, self.done, self.total, self.message = "", 0, 0, ""
+        self.result: Any = None
+        self.error: MedalSError | None = None
+        self.cancel = threading.Event()
+        self._stage_started = time.monotonic()
+
+    def report(self, stage: str, done: int, total: int, message: str = "") -> None:
+        """Progress from the job function: `done` of `total` windows of `stage` are finished."""
+        if stage != self.stage:
+            self._stage_started = time.monotonic()
+        self.stage, self.done, self.total, self.message = stage, int(done), int(total), message
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left in the current stage at its mean pace so far; None before its first window ends."""
+        if self.state != RUNNING or self.done <= 0 or self.total <= self.done:
+            return None
+        per_window = (time.monotonic() - self._stage_started) / self.done
+        return round(per_window * (self.total - self.done), 2)
+
+
+class JobQueue:
+    """First-in first-out jobs run by `run(job) -> result` on a single worker thread.
+
+    At most `max_waiting` jobs wait; the last `max_finished` finished jobs (and their results) are kept for
+    their clients to collect, older ones are forgotten.
+    """
+
+    def __init__(self, run: Callable[[Job], Any], max_waiting: int = 16, max_finished: int = 32):
+        self._run = run
+        self.max_waiting = max_waiting
+        self.max_finished = max_finished
+        self._jobs: dict[str, Job] = {}
+        self._waiting: deque[Job] = deque()
+        self._finished: deque[Job] = deque()
+        self._by_request: dict[str, str] = {}
+        self._condition = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._work, name="medals-job-worker", daemon=True)
+        self._worker.start()
+
+    def submit(self, payload: Any, request_key: str | None = None) -> Job:
+        """Queue a job. A repeated `request_key` (a client retrying) returns the job it already created."""
+        with self._condition:
+            if request_key is not None and request_key in self._by_request:
+                return self._jobs[self._by_request[request_key]]
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFull(f"{len(self._waiting)} jobs are already waiting on this server; try again later")
+            job = Job(payload, request_key)
+            self._jobs[job.id] = job
+            if request_key is not None:
+                self._by_request[request_key] = job.id
+            self._waiting.append(job)
+            self._condition.notify()
+            return job
+
+    def get(self, job_id: str) -> Job:
+        with self._condition:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id} on this server (never submitted, or its result was collected "
+                              "long ago and forgotten)")
+        return job
+
+    def position(self, job: Job) -> int | None:
+        """How many jobs (the running one included) start before this one; None once it has started."""
+        with self._condition:
+            if job.state != QUEUED:
+                return None
+            return sum(1 for _ in self._running_or_none()) + self._waiting.index(job)
+
+    def cancel(self, job_id: str) -> Job:
+        """Ask a job to stop. A queued job is cancelled now; a running one at its next window."""
+        job = self.get(job_id)
+        with self._condition:
+            job.cancel.set()
+            if job.state == QUEUED:
+                self._waiting.remove(job)
+                self._finish(job, CANCELLED)
+        return job
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel everything and stop the worker (waits up to `timeout` s for the running job's next window)."""
+        with self._condition:
+            self._closed = True
+            for job in list(self._waiting) + list(self._running_or_none()):
+                job.cancel.set()
+            self._condition.notify_all()
+        self._worker.join(timeout)
+
+    def _running_or_none(self):
+        return (job for job in self._jobs.values() if job.state == RUNNING)
+
+    def _finish(self, job: Job, state: str) -> None:
+        """Under the lock: record the end state and forget the oldest finished jobs past `max_finished`."""
+        job.state = state
+        self._finished.append(job)
+        while len(self._finished) > self.max_finished:
+            old = self._finished.popleft()
+            del self._jobs[old.id]
+            if old.request_key is not None:
+                self._by_request.pop(old.request_key, None)
+
+    def _work(self) -> None:
+        while True:
+            with self._condition:
+                while not self._waiting and not self._closed:
+                    self._condition.wait()
+                if self._closed:
+                    for job in list(self._waiting):
+                        self._finish(job, CANCELLED)
+                    self._waiting.clear()
+                    return
+                job = self._waiting.popleft()
+                job.state = RUNNING
+            state, result, error = self._execute(job)
+            with self._condition:
+                job.result, job.error = result, error
+                self._finish(job, state)
+
+    def _execute(self, job: Job) -> tuple[str, Any, MedalSError | None]:
+        try:
+            result = self._run(job)
+        except Cancelled as error:
+            return CANCELLED, None, error
+        except MedalSError as error:
+            return FAILED, None, error
+        except Exception as error:  # noqa: BLE001 - a bug in one job must not stop the worker
+            log.exception("job %s failed", job.id)
+            return FAILED, None, MedalSError(f"internal error in the engine ({type(error).__name__}: {error}); "
+                                             "the server log has the details")
+        if job.cancel.is_set():
+            return CANCELLED, None, Cancelled("the job was cancelled")
+        return SUCCEEDED, result, None

@@ -1,0 +1,128 @@
+"""Arrays on the wire: raw little-endian bytes, zlib-compressed, with dtype and shape in metadata. No pickle.
+
+An image's id is the SHA-256 of its canonical header line and raw bytes (see `image_id`), so a client can
+compute it before uploading and the same volume always maps to the same cache entry.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import math
+import zlib
+
+import numpy as np
+
+from ..errors import InputError
+
+IMAGE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+"""Voxel types an uploaded image may have (sent little-endian)."""
+
+COMPRESSION_LEVEL = 1
+"""zlib level for arrays the server sends: labels are mostly background, so level 1 is nearly as small as 9."""
+
+
+def wire_dtype(name: str) -> np.dtype:
+    """The little-endian numpy dtype of an allowed wire type name ("int16" → <i2)."""
+    if name not in IMAGE_DTYPES:
+        raise InputError(f"dtype {name!r} is not accepted; use one of {', '.join(IMAGE_DTYPES)}")
+    return np.dtype(name).newbyteorder("<")
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """"200,256,256" → (200, 256, 256): a (k, j, i) shape of three positive integers."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise InputError(f"shape {text!r} is not three comma-separated integers (k,j,i)") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(f"shape {text!r} must be three positive integers (k,j,i)")
+    return shape
+
+
+def parse_spacing(text: str) -> tuple[float, float, float]:
+    """"2.5,0.8,0.8" → (2.5, 0.8, 0.8): voxel size in mm along (k, j, i), finite and positive."""
+    try:
+        spacing = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise InputError(f"spacing {text!r} is not three comma-separated numbers in mm (k,j,i)") from None
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(f"spacing {text!r} must be three finite positive numbers in mm (k,j,i)")
+    return spacing
+
+
+def header_line(dtype: str, shape, spacing) -> bytes:
+    """The canonical metadata that prefixes an image's raw bytes in its id: b"int16|200,256,256|2.5,0.8,0.8\\n"."""
+    return f"{dtype}|{','.join(str(int(n)) for n in shape)}|{','.join(repr(float(s)) for s in spacing)}\n".encode()
+
+
+def image_id(dtype: str, shape, spacing, raw) -> str:
+    """SHA-256 (hex) of `header_line` + the raw little-endian voxel bytes."""
+    digest = hashlib.sha256(header_line(dtype, shape, spacing))
+    digest.update(raw)
+    return digest.hexdigest()
+
+
+class ExactInflater:
+    """Inflates a zlib stream fed in chunks into a buffer of exactly `nbytes`, never holding more.
+
+    Raises InputError when the stream is not zlib, inflates past `nbytes`, or ends early; memory stays at
+    `nbytes` plus one chunk however large the stream claims to be.
+    """
+
+    def __init__(self, nbytes: int, what: str = "body"):
+        self.buffer = bytearray(nbytes)
+        self.filled = 0
+        self.what = what
+        self._inflater = zlib.decompressobj()
+
+    def feed(self, chunk: bytes) -> None:
+        room = len(self.buffer) - self.filled
+        try:
+            # Ask for one byte more than fits, so an oversized stream shows itself without being inflated.
+            data = self._inflater.decompress(chunk, room + 1)
+        except zlib.error as error:
+            raise InputError(f"{self.what} is not a valid zlib stream ({error})") from None
+        if len(data) > room:
+            raise InputError(f"{self.what} inflates to more than the {len(self.buffer)} bytes its dtype and shape "
+                             "describe")
+        self.buffer[self.filled:self.filled + len(data)] = data
+        self.filled += len(data)
+
+    def finish(self) -> bytearray:
+        """The inflated bytes, once the stream is complete and exactly filled the buffer."""
+        if not self._inflater.eof or self.filled != len(self.buffer):
+            raise InputError(f"{self.what} is truncated: it inflates to {self.filled} of the {len(self.buffer)} bytes "
+                             "its dtype and shape describe")
+        if self._inflater.unused_data:
+            raise InputError(f"{self.what} has {len(self._inflater.unused_data)} bytes after the end of its zlib stream")
+        return self.buffer
+
+
+def inflate_array(compressed: bytes, dtype: str, shape, what: str) -> np.ndarray:
+    """A (shape) array of `dtype` from one zlib blob, in native byte order."""
+    wire = wire_dtype(dtype)
+    inflater = ExactInflater(math.prod(shape) * wire.itemsize, what)
+    inflater.feed(compressed)
+    return np.frombuffer(inflater.finish(), dtype=wire).reshape(shape).astype(wire.newbyteorder("="), copy=False)
+
+
+def deflate_array(array: np.ndarray) -> bytes:
+    """zlib of the array's little-endian bytes in C order (dtype and shape travel separately)."""
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return zlib.compress(np.ascontiguousarray(little).tobytes(), COMPRESSION_LEVEL)
+
+
+def decode_base64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{what} is not valid base64") from None
+
+
+def require_finite(array: np.ndarray, what: str) -> None:
+    """InputError naming the count of NaN/inf voxels of a floating-point array."""
+    if array.dtype.kind == "f":
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise InputError(f"{what} has {bad} NaN or infinite voxels")
