@@ -1,0 +1,11 @@
+"""MedalS Slicer logic: everything the module does that needs no Qt and no torch.
+
+- `scene`: MRML volumes ⇄ numpy arrays in (k, j, i) order with their geometry, volume fingerprints.
+- `prompts`: prompt text ⇄ structure names, painted segments ⇄ per-prompt masks on the volume's grid.
+- `results`: engine labels → one named, coloured segment per prompt, with undo.
+- `launcher`: a local engine process on a loopback port.
+- `jobs`: one persistent worker thread that runs engine requests off the GUI thread.
+- `client`: the engine's HTTP protocol.
+
+The package name is unique on purpose: Slicer puts every extension's module folders on one `sys.path`.
+"""
