@@ -26,7 +26,7 @@ def scene():
     logic = slicer.vtkSlicerSegmentationsModuleLogic()
     logic.SetMRMLScene(mrml_scene)
     yield mrml_scene
-    logic.SetMRMLScene(None)
+    del logic
 
 
 def rotation(angle_x: float, angle_z: float) -> np.ndarray:

@@ -71,6 +71,41 @@ class VolumeGeometry:
         return self.shape == other.shape and np.allclose(self.ijk_to_ras(), other.ijk_to_ras(), atol=tolerance_mm)
 
 
+@dataclass(frozen=True)
+class Box:
+    """A box of voxels: `start` inclusive and `stop` exclusive, both (k, j, i)."""
+
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+
+    @classmethod
+    def bounding(cls, mask: np.ndarray) -> "Box | None":
+        """The smallest box holding every non-zero voxel of `mask` (k, j, i); None when there is none."""
+        nonzero = np.nonzero(mask)
+        if nonzero[0].size == 0:
+            return None
+        return cls(tuple(int(axis.min()) for axis in nonzero), tuple(int(axis.max()) + 1 for axis in nonzero))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(b - a for a, b in zip(self.start, self.stop))
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        """Index an array (k, j, i) with this to get the box's voxels."""
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))
+
+    def grown(self, margin: tuple[int, int, int], shape: tuple[int, int, int]) -> "Box":
+        """This box enlarged by `margin` voxels on every side, clipped to an array of `shape` (all (k, j, i))."""
+        return Box(tuple(max(0, a - m) for a, m in zip(self.start, margin)),
+                   tuple(min(n, b + m) for b, m, n in zip(self.stop, margin, shape)))
+
+    def union(self, other: "Box | None") -> "Box":
+        if other is None:
+            return self
+        return Box(tuple(map(min, self.start, other.start)), tuple(map(max, self.stop, other.stop)))
+
+
 def volume_geometry(volume_node) -> VolumeGeometry:
     """The geometry of a scalar volume node's voxel array (its own IJK→RAS; parent transforms are not applied)."""
     image = volume_node.GetImageData()
