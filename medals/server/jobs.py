@@ -92,6 +92,11 @@ class JobQueue:
                               "long ago and forgotten)")
         return job
 
+    def length(self) -> int:
+        """Jobs waiting or running now."""
+        with self._condition:
+            return len(self._waiting) + sum(1 for _ in self._running_or_none())
+
     def position(self, job: Job) -> int | None:
         """How many jobs (the running one included) start before this one; None once it has started."""
         with self._condition:

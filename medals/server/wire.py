@@ -104,7 +104,13 @@ def inflate_array(compressed: bytes, dtype: str, shape, what: str) -> np.ndarray
     wire = wire_dtype(dtype)
     inflater = ExactInflater(math.prod(shape) * wire.itemsize, what)
     inflater.feed(compressed)
-    return np.frombuffer(inflater.finish(), dtype=wire).reshape(shape).astype(wire.newbyteorder("="), copy=False)
+    return as_array(inflater.finish(), dtype, shape)
+
+
+def as_array(raw: bytearray, dtype: str, shape) -> np.ndarray:
+    """A view of little-endian wire bytes as a (shape) array in native byte order (a copy only on big-endian hosts)."""
+    wire = wire_dtype(dtype)
+    return np.frombuffer(raw, dtype=wire).reshape(shape).astype(wire.newbyteorder("="), copy=False)
 
 
 def deflate_array(array: np.ndarray) -> bytes:

@@ -1,0 +1,82 @@
+"""The engine behind a URL, called like `pipeline.segment`: what `medals segment --server URL` uses.
+
+It goes through the same torch-free client as the Slicer module (MedalS/Logic/MedalSLib/client.py), so the
+command line and Slicer exercise one protocol implementation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import Cancelled, InputError, MedalSError, OutOfMemory
+from ..pipeline.request import ProgressEvent, Prompt, SegmentOptions, SegmentResult
+
+LOGIC_DIR = Path(__file__).resolve().parents[2] / "MedalS" / "Logic"
+
+# The engine's error codes (see medals.server.errors.error_code) → the error the command line reports.
+ERROR_KINDS = {"input_error": InputError, "invalid_request": InputError, "payload_too_large": InputError,
+               "out_of_memory": OutOfMemory, "cancelled": Cancelled}
+
+
+def client_module():
+    """`MedalSLib.client`: importable as is inside Slicer, else loaded from this source tree's Slicer module."""
+    try:
+        return importlib.import_module("MedalSLib.client")
+    except ModuleNotFoundError:
+        package = LOGIC_DIR / "MedalSLib"
+        if not (package / "client.py").is_file():
+            raise MedalSError(f"the MedalS client (MedalSLib/client.py) is not in {LOGIC_DIR}; run from a source "
+                              "checkout of MedalS") from None
+        spec = importlib.util.spec_from_file_location("MedalSLib", package / "__init__.py",
+                                                      submodule_search_locations=[str(package)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["MedalSLib"] = module
+        spec.loader.exec_module(module)
+        return importlib.import_module("MedalSLib.client")
+
+
+def options_body(options: SegmentOptions) -> dict:
+    """SegmentOptions as the protocol's `options` object."""
+    if options.probabilities:
+        raise InputError("probability maps are not sent over protocol v1; run without --server to get them")
+    values = dataclasses.asdict(options)
+    del values["probabilities"]
+    values["stages"] = list(options.stages)
+    values["box"] = list(options.box) if options.box is not None else None
+    return values
+
+
+def segment_remote(url: str, image: np.ndarray, spacing, prompts: list[Prompt], *, token: str | None = None,
+                   modality: str | None = None, masks: dict[int, np.ndarray] | None = None,
+                   options: SegmentOptions = SegmentOptions(), progress: Callable[[ProgressEvent], None] | None = None,
+                   cancel: threading.Event | None = None, timeout: float = 60.0) -> SegmentResult:
+    """`pipeline.segment` run by the engine at `url`: image (k, j, i), spacing in mm (k, j, i), masks as label →
+    (k, j, i) uint8 on the image grid. Returns labels on the whole grid; `probabilities` is always None.
+
+    Errors come back as MedalSError subclasses (InputError for a refused request, Cancelled, OutOfMemory, or
+    MedalSError when the engine cannot be reached or speaks another protocol).
+    """
+    client = client_module()
+
+    def report(state) -> None:
+        message = state.message or (f"waiting, {state.queue_position} jobs ahead" if state.state == "queued" else "")
+        progress(ProgressEvent(state.stage or state.state, state.done, state.total, message))
+
+    try:
+        engine = client.EngineClient(url, token, timeout=timeout)
+        engine.connect()
+        result = engine.segment(client.ImageRef.of(image, spacing), [(p.text, p.label) for p in prompts],
+                                modality=modality, masks=masks, options=options_body(options),
+                                progress=report if progress is not None else None, cancel=cancel)
+    except client.EngineError as error:
+        raise ERROR_KINDS.get(error.code, MedalSError)(f"engine at {url}: {error}") from None
+    except client.ModuleError as error:
+        raise MedalSError(str(error)) from None
+    return SegmentResult(result.full_labels(), result.box, result.stats, None, result.modality)
