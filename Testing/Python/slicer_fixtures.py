@@ -45,6 +45,24 @@ def oblique_geometry(shape=(6, 9, 11), spacing=(2.5, 0.7, 0.9), origin=(-12.0, 3
     return VolumeGeometry(shape=shape, spacing=spacing, origin=origin, axes=axes_kji)
 
 
+def finer_geometry(geometry: VolumeGeometry) -> VolumeGeometry:
+    """A grid three times finer along every axis whose voxel 3c+1 is centred on `geometry`'s voxel c."""
+    return VolumeGeometry(shape=tuple(3 * n for n in geometry.shape), spacing=tuple(s / 3 for s in geometry.spacing),
+                          origin=tuple(geometry.kji_to_ras([[-1 / 3, -1 / 3, -1 / 3]])[0]), axes=geometry.axes)
+
+
+def transposed_geometry(geometry: VolumeGeometry) -> VolumeGeometry:
+    """The same voxels on a grid whose k axis is `geometry`'s i and whose i axis runs against its k.
+
+    An array `a` on this grid holds the voxels `a.transpose(2, 1, 0)[::-1]` of `geometry`'s grid.
+    """
+    nk, nj, ni = geometry.shape
+    axis_k, axis_j, axis_i = (np.asarray(axis) for axis in geometry.axes)
+    return VolumeGeometry(shape=(ni, nj, nk), spacing=geometry.spacing[::-1],
+                          origin=tuple(geometry.kji_to_ras([[nk - 1, 0, 0]])[0]),
+                          axes=(tuple(axis_i), tuple(axis_j), tuple(-axis_k)))
+
+
 def add_volume(scene, geometry: VolumeGeometry, array: np.ndarray | None = None, name: str = "CT"):
     """A scalar volume node on `geometry`, with `array` (default: each voxel holds its flat index)."""
     if array is None:

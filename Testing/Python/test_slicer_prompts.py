@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 import slicer
-import vtk
-from slicer_fixtures import add_segmentation, add_volume, oblique_geometry, scene  # noqa: F401
+from slicer_fixtures import (add_segmentation, add_volume, finer_geometry, oblique_geometry, scene,  # noqa: F401
+                             transposed_geometry)
 
 from MedalSLib.errors import InputError
 from MedalSLib.prompts import edited_region, margin_voxels, painted_masks, parse_prompts, segments_by_prompt, \
@@ -91,10 +91,7 @@ def test_segments_sharing_one_labelmap_layer_come_back_separately(scene):
 def test_mask_painted_on_a_finer_grid_lands_on_the_covering_voxels(scene):
     geometry = oblique_geometry(shape=(5, 6, 7))
     volume = add_volume(scene, geometry)
-    # A grid three times finer whose voxel 3c+1 is centred on coarse voxel c along every axis.
-    fine = VolumeGeometry(shape=tuple(3 * n for n in geometry.shape),
-                          spacing=tuple(s / 3 for s in geometry.spacing),
-                          origin=tuple(geometry.kji_to_ras([[-1 / 3, -1 / 3, -1 / 3]])[0]), axes=geometry.axes)
+    fine = finer_geometry(geometry)
     segmentation = add_segmentation(scene, add_volume(scene, fine, name="fine reference"))
     fine_mask = np.zeros(fine.shape, np.uint8)
     fine_mask[3 * 1:3 * 3, 3 * 2:3 * 4, 3 * 4:3 * 6] = 1
@@ -109,13 +106,7 @@ def test_mask_painted_on_a_finer_grid_lands_on_the_covering_voxels(scene):
 def test_mask_painted_on_a_transposed_flipped_grid_lands_on_the_same_places(scene):
     geometry = oblique_geometry(shape=(4, 5, 6))
     volume = add_volume(scene, geometry)
-    nk = geometry.shape[0]
-    axis_k, axis_j, axis_i = (np.asarray(a) for a in geometry.axes)
-    # Segmentation grid: its k axis is the volume's i, its i axis runs against the volume's k.
-    other = VolumeGeometry(shape=(geometry.shape[2], geometry.shape[1], nk),
-                           spacing=(geometry.spacing[2], geometry.spacing[1], geometry.spacing[0]),
-                           origin=tuple(geometry.kji_to_ras([[nk - 1, 0, 0]])[0]),
-                           axes=(tuple(axis_i), tuple(axis_j), tuple(-axis_k)))
+    other = transposed_geometry(geometry)
     segmentation = add_segmentation(scene, add_volume(scene, other, name="other reference"))
     other_mask = np.zeros(other.shape, np.uint8)
     other_mask[1:3, 0:2, 0:1] = 1

@@ -15,7 +15,7 @@ import slicer
 
 from .errors import InputError
 from .scene import Box, VolumeGeometry, array_from_oriented_image, check_same_transform, oriented_image, \
-    volume_geometry
+    segment_labelmap, volume_geometry
 
 REFINE_MARGIN_MM = 10.0
 """Context kept around an edit when refining: the engine recomputes the edit's bounding box grown by this."""
@@ -76,21 +76,15 @@ def painted_masks(segmentation_node, segment_ids: dict[str, str], volume_node) -
     """
     check_same_transform(volume_node, segmentation_node)
     reference = oriented_image(volume_geometry(volume_node))
-    logic = slicer.vtkSlicerSegmentationsModuleLogic
     masks = {}
     for prompt, segment_id in segment_ids.items():
-        labelmap = slicer.vtkOrientedImageData()
-        if not logic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, labelmap, False):
-            raise InputError(f"segment '{prompt}' of '{segmentation_node.GetName()}' has no binary labelmap; "
-                             "open it in the Segment Editor once so Slicer can create one")
-        if labelmap.GetPointData().GetScalars() is None:
+        labelmap = segment_labelmap(segmentation_node, segment_id)
+        if labelmap is None:
             continue
         resampled = slicer.vtkOrientedImageData()
         slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labelmap, reference,
                                                                                           resampled)
-        # Segments that share a labelmap layer come back as the whole layer: keep this segment's own label.
-        label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
-        mask = (array_from_oriented_image(resampled) == label).astype(np.uint8)
+        mask = array_from_oriented_image(resampled)
         if mask.any():
             masks[prompt] = mask
     return masks

@@ -177,6 +177,42 @@ def array_from_oriented_image(image) -> np.ndarray:
     return numpy_support.vtk_to_numpy(scalars).reshape(dimensions[::-1]).copy()
 
 
+def segment_labelmap(segmentation_node, segment_id: str):
+    """A segment's voxels as a 0/1 uint8 vtkOrientedImageData in the segmentation's own geometry.
+
+    Segments that share a labelmap layer come back from Slicer as the whole layer, with one label value
+    per segment; only this segment's value is kept. None when the segment has no voxels at all.
+    """
+    layer = slicer.vtkOrientedImageData()
+    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+            segmentation_node, segment_id, layer, False):
+        raise InputError(f"segment '{segment_id}' of '{segmentation_node.GetName()}' has no binary labelmap; open "
+                         "the segmentation in the Segment Editor once so Slicer creates one")
+    if layer.GetPointData().GetScalars() is None or min(layer.GetDimensions()) < 1:
+        return None
+    label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    binary = slicer.vtkOrientedImageData()
+    binary.ShallowCopy(layer)
+    mask = (array_from_oriented_image(layer) == label).astype(np.uint8)
+    binary.GetPointData().SetScalars(numpy_support.numpy_to_vtk(mask.reshape(-1), deep=True))
+    return binary
+
+
+def segmentation_reference(segmentation_node, fallback: VolumeGeometry):
+    """A geometry-only vtkOrientedImageData of the grid the segmentation keeps its labelmaps on.
+
+    That is the segmentation's reference image geometry (what the Segment Editor paints on); `fallback`'s
+    grid when it has none.
+    """
+    converter = slicer.vtkSegmentationConverter
+    serialized = segmentation_node.GetSegmentation().GetConversionParameter(
+        converter.GetReferenceImageGeometryParameterName())
+    reference = slicer.vtkOrientedImageData()
+    if serialized and converter.DeserializeImageGeometry(serialized, reference, False):
+        return reference
+    return oriented_image(fallback)
+
+
 def check_same_transform(volume_node, segmentation_node) -> None:
     """InputError unless both nodes sit under the same parent transform (or none).
 
