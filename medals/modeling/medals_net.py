@@ -13,7 +13,7 @@ from torch import nn
 from ..config import NetConfig
 from .positional import positional_table
 from .query_decoder import QueryDecoder
-from .unet import StackedConvBlocks, UNet
+from .unet import StackedConvBlocks, UNet, is_channels_last
 
 
 def _mlp(dims: list[int]) -> nn.Sequential:
@@ -27,17 +27,24 @@ def _mlp(dims: list[int]) -> nn.Sequential:
 def _weighted_channel_sum(weights: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     """out[b, i, x] = Σ_j weights[b, i, j] · maps[b, j, x] for maps (B, J, *spatial) → (B, I, *spatial).
 
-    A batched matrix product on the flattened maps: no channels-last copy of the full-size maps.
+    A batched matrix product on a flat view of the maps in whichever layout they are stored (no copy of the
+    full-size maps); a channels-last input gives a channels-last output.
     """
-    spatial = maps.shape[2:]
-    out = torch.bmm(weights.to(maps.dtype), maps.flatten(2))
-    return out.view(out.shape[0], out.shape[1], *spatial)
+    batch, spatial = maps.shape[0], maps.shape[2:]
+    weights = weights.to(maps.dtype)
+    if is_channels_last(maps):
+        flat = maps.permute(0, 2, 3, 4, 1).reshape(batch, -1, maps.shape[1])  # (B, voxels, J), a view
+        out = torch.bmm(flat, weights.transpose(1, 2))
+        return out.view(batch, *spatial, -1).permute(0, 4, 1, 2, 3)
+    out = torch.bmm(weights, maps.flatten(2))
+    return out.view(batch, out.shape[1], *spatial)
 
 
 class MedalSNet(nn.Module):
     def __init__(self, config: NetConfig):
         super().__init__()
         self.config = config
+        self.channels_last_inference = True
         c = config
         self.backbone = UNet(c.in_channels, c.features, c.strides, c.convs_per_stage)
         # Pool every encoder scale onto the bottleneck's token grid (kernel = stride ratio to the bottleneck).
@@ -61,7 +68,11 @@ class MedalSNet(nn.Module):
         """Encoder outputs for image (B,1,H,W,D) and union prompt sc (None = zeros), shallow first."""
         if sc is None:
             sc = torch.zeros_like(image)
-        return self.backbone.encoder(torch.cat([image, sc.to(image.dtype)], dim=1))
+        x = torch.cat([image, sc.to(image.dtype)], dim=1)
+        if self.channels_last_inference and x.device.type == "cpu" and not torch.is_grad_enabled():
+            # oneDNN's 3-D convolutions run ~2-3× faster channels-last on the CPU and need no layout copies.
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return self.backbone.encoder(x)
 
     def image_tokens(self, skips: list[torch.Tensor]) -> torch.Tensor:
         """Encoder outputs → token memory (T, B, C), tokens flattened row-major over (h, w, d)."""
@@ -100,8 +111,12 @@ class MedalSNet(nn.Module):
         if mc.any():
             batch, spatial = mc.shape[0], mc.shape[2:]
             kernels = torch.einsum("ocxyz,bnc->bonxyz", prompt_weight, embeddings.to(prompt_weight.dtype))
-            prompt_term = F.conv3d(mc.to(full_res.dtype).reshape(1, batch * n_queries, *spatial),
-                                   kernels.flatten(0, 1), padding=1, groups=batch).view(batch, -1, *spatial)
+            masks = mc.to(full_res.dtype).reshape(1, batch * n_queries, *spatial)
+            if is_channels_last(full_res):
+                masks = masks.contiguous(memory_format=torch.channels_last_3d)
+            prompt_term = F.conv3d(masks, kernels.flatten(0, 1), padding=1, groups=batch)
+            prompt_term = prompt_term.view(batch, -1, *spatial) if batch == 1 else prompt_term.reshape(
+                batch, -1, *spatial)
         return block.forward_terms([(full_res, feature_weight)], extra=prompt_term)
 
     @staticmethod

@@ -15,11 +15,34 @@ NEGATIVE_SLOPE = 0.01
 NORM_EPS = 1e-5
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 5-D tensor stored channels-last (and not also plainly contiguous, as single-channel ones are)."""
+    return x.ndim == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def _channel_var_mean(x: torch.Tensor, chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel population variance and mean, each (B, C, 1, ..., 1).
+
+    ATen reduces a channels-last tensor over its spatial axes slowly, so that layout is read as a
+    (B, voxels, C) view: the mean in one pass, the centred squares in chunks (no full-size temporary).
+    """
+    if not is_channels_last(x):
+        return torch.var_mean(x, dim=tuple(range(2, x.ndim)), keepdim=True, correction=0)
+    batch, channels = x.shape[:2]
+    flat = x.permute(0, 2, 3, 4, 1).reshape(batch, -1, channels)
+    mean = flat.mean(1, keepdim=True)
+    var = torch.zeros_like(mean)
+    for start in range(0, flat.shape[1], chunk):
+        var += (flat[:, start:start + chunk] - mean).square_().sum(1, keepdim=True)
+    shape = (batch, channels) + (1,) * (x.ndim - 2)
+    return (var / flat.shape[1]).view(shape), mean.view(shape)
+
+
 def _instance_norm_lrelu_(x: torch.Tensor, norm: nn.InstanceNorm3d) -> torch.Tensor:
     """InstanceNorm + LeakyReLU. In place when autograd is off (saves one full-size copy per conv)."""
     if torch.is_grad_enabled():
         return F.leaky_relu(norm(x), NEGATIVE_SLOPE)
-    var, mean = torch.var_mean(x, dim=tuple(range(2, x.ndim)), keepdim=True, correction=0)
+    var, mean = _channel_var_mean(x)
     scale = torch.rsqrt(var + norm.eps) * norm.weight.view(1, -1, *([1] * (x.ndim - 2)))
     shift = norm.bias.view(1, -1, *([1] * (x.ndim - 2))) - mean * scale
     return F.leaky_relu_(x.mul_(scale).add_(shift), NEGATIVE_SLOPE)
