@@ -155,6 +155,15 @@ class ResultSnapshot:
             self.segmentation_node.EndModify(was_modifying)
 
 
+def new_segmentation(scene, volume_node, name: str | None = None):
+    """An empty segmentation for results on `volume_node`: its grid, its parent transform, "<volume> MedalS"."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{volume_node.GetName()} MedalS")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    return node
+
+
 def find_segment(segmentation_node, name: str) -> str | None:
     """ID of the first segment whose name denotes the same structure as `name` (see `structure_key`)."""
     segmentation = segmentation_node.GetSegmentation()

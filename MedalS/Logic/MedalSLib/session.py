@@ -1,0 +1,255 @@
+"""A segmentation session: what the module keeps between requests, and the three steps of each request.
+
+1. `prepare_segment` / `prepare_refine` (GUI thread): read voxels, prompts and painted seeds from the scene.
+2. `run` (worker thread): upload the volume if the engine does not hold it, run the job, fetch the labels.
+3. `apply` (GUI thread): write the labels into segments and keep what undoes them.
+
+Between requests the session keeps the engine client and what it said about itself, the last uploaded
+volume (by fingerprint, so an unchanged volume is neither copied nor hashed again), each segmentation's
+state right after its last result (so a refinement knows what the user edited), and an undo stack.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .client import EngineClient, ImageRef, JobProgress, SegmentationResult
+from .errors import InputError
+from .jobs import Progress, Request
+from .prompts import edited_region, painted_masks, parse_prompts, segments_by_prompt
+from .results import ResultSnapshot, write_results
+from .scene import Box, VolumeGeometry, read_volume, volume_fingerprint, volume_geometry
+
+MODALITY_CHOICES = ("auto", "ct", "mri", "us", "pet", "microscopy")
+""""auto" lets the engine infer the modality from the prompts' words."""
+UNDO_DEPTH = 10
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The advanced options of a request.
+
+    stages: 1 = coarse pass only; 2 = coarse, then fine on the region of interest.
+    refine_iterations: extra fine passes, each prompted by the previous pass's own result.
+    keep_largest: keep only the largest connected piece of every structure.
+    """
+
+    stages: int = 2
+    refine_iterations: int = 0
+    keep_largest: bool = False
+
+    def for_protocol(self, region: Box | None) -> dict:
+        options = {"stages": self.stages, "refine_iterations": self.refine_iterations,
+                   "keep_largest": self.keep_largest}
+        if region is not None:
+            options["box"] = inclusive(region)
+        return options
+
+
+@dataclass
+class PreparedRequest:
+    """One request as read from the scene: everything `run` and `apply` need, no MRML objects."""
+
+    mode: str
+    """"text" (prompts only) or "hybrid" (with painted masks, recomputing only `region`)."""
+    volume_id: str
+    segmentation_id: str
+    fingerprint: str
+    geometry: VolumeGeometry
+    voxels: np.ndarray | None
+    """(k, j, i) copy of the volume; None when the session already holds this fingerprint's image."""
+    prompts: dict[int, str]
+    """Label value → prompt, in the order typed (1, 2, ...)."""
+    modality: str | None
+    options: EngineOptions
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    """Label value → painted uint8 mask (k, j, i) on the volume's grid (hybrid only)."""
+    region: Box | None = None
+    """Where a refinement recomputes and writes (hybrid only); None: the whole volume."""
+
+
+@dataclass
+class _UndoEntry:
+    snapshot: ResultSnapshot
+    baseline_key: tuple[str, str]
+    baseline_before: dict[str, np.ndarray] | None
+
+
+def inclusive(box: Box) -> list[int]:
+    """The protocol's (k0, k1, j0, j1, i0, i1) with inclusive ends."""
+    return [bound for start, stop in zip(box.start, box.stop) for bound in (start, stop - 1)]
+
+
+def from_inclusive(bounds) -> Box:
+    k0, k1, j0, j1, i0, i1 = (int(b) for b in bounds)
+    return Box((k0, j0, i0), (k1 + 1, j1 + 1, i1 + 1))
+
+
+def labels_over(result: SegmentationResult, region: Box) -> np.ndarray:
+    """The result's labels over `region`: its box's labels where the two meet, 0 elsewhere in the region."""
+    result_box = from_inclusive(result.box)
+    labels = np.zeros(region.shape, np.int16)
+    start = tuple(map(max, region.start, result_box.start))
+    stop = tuple(map(min, region.stop, result_box.stop))
+    if all(a < b for a, b in zip(start, stop)):
+        target = tuple(slice(a - r, b - r) for a, b, r in zip(start, stop, region.start))
+        source = tuple(slice(a - r, b - r) for a, b, r in zip(start, stop, result_box.start))
+        labels[target] = result.labels[source]
+    return labels
+
+
+def describe_progress(job: JobProgress) -> Progress:
+    """A job poll in words, with the finished fraction of the current stage."""
+    if job.state == "queued":
+        ahead = job.queue_position or 0
+        return Progress(f"Waiting for the engine ({ahead} request{'s' if ahead != 1 else ''} ahead)")
+    if job.state == "running" and job.total:
+        eta = f", about {job.eta_seconds:.0f} s left" if job.eta_seconds is not None else ""
+        return Progress(f"{job.stage.capitalize()} stage: {job.done} of {job.total} windows{eta}",
+                        job.done / job.total)
+    if job.state == "running":
+        return Progress(f"{(job.stage or 'Starting').capitalize()}{': ' + job.message if job.message else ''}")
+    return Progress(f"Engine job {job.state}")
+
+
+class SegmentationSession:
+    """The module's state between requests, for one MRML scene."""
+
+    def __init__(self, scene):
+        self.scene = scene
+        self.client: EngineClient | None = None
+        self.info: dict = {}
+        self._image: tuple[str, ImageRef] | None = None
+        self._baselines: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self._undo: list[_UndoEntry] = []
+
+    # -- engine ----------------------------------------------------------------------------------------------
+
+    def connect(self, url: str, token: str | None = None) -> dict:
+        """Connect to the engine at `url` (checks the protocol version); returns its info. Worker thread."""
+        client = EngineClient(url, token or None)
+        info = client.connect()
+        self.client, self.info, self._image = client, info, None
+        return info
+
+    def disconnect(self) -> None:
+        self.client, self.info, self._image = None, {}, None
+
+    @property
+    def vocabulary(self) -> dict[str, list[str]]:
+        """The engine's known structures (name → synonyms); empty before connecting."""
+        return self.info.get("vocabulary", {})
+
+    # -- requests ----------------------------------------------------------------------------------------------
+
+    def prepare_segment(self, volume_node, segmentation_node, prompt_text: str, modality: str = "auto",
+                        options: EngineOptions = EngineOptions()) -> PreparedRequest:
+        """A text-only request: every prompt segmented afresh over the whole volume."""
+        return self._prepare("text", volume_node, segmentation_node, prompt_text, modality, options)
+
+    def prepare_refine(self, volume_node, segmentation_node, prompt_text: str, modality: str = "auto",
+                       options: EngineOptions = EngineOptions(), overrides: dict[str, str] | None = None) \
+            -> PreparedRequest:
+        """A hybrid request: the painted segments are spatial prompts, and only the edited region is redone.
+
+        The edited region is where the prompts' segments now differ from the last result written into this
+        segmentation (all painted voxels when there was none), grown by a margin of context.
+        """
+        request = self._prepare("hybrid", volume_node, segmentation_node, prompt_text, modality, options)
+        masks = painted_masks(segmentation_node, segments_by_prompt(segmentation_node,
+                                                                     list(request.prompts.values()), overrides),
+                              volume_node)
+        if not masks:
+            raise InputError("nothing is painted: paint seeds in a segment named like a prompt (or map a segment to "
+                             "a prompt in the table), then Refine")
+        baseline = self._baselines.get((request.segmentation_id, request.fingerprint), {})
+        request.region = edited_region(masks, baseline, request.geometry)
+        if request.region is None:
+            raise InputError("nothing changed since the last result: paint or erase in a prompt's segment, then "
+                             "Refine")
+        labels = {prompt: value for value, prompt in request.prompts.items()}
+        request.masks = {labels[prompt]: mask for prompt, mask in masks.items()}
+        return request
+
+    def run(self, prepared: PreparedRequest, request: Request | None = None) -> SegmentationResult:
+        """Send the request and wait for its labels (worker thread); `request` gets progress and cancel."""
+        if self.client is None:
+            raise InputError("no engine is connected: start the local engine or connect to a server first")
+        if prepared.voxels is not None:
+            if request is not None:
+                request.report(Progress("Preparing the volume"))
+            self._image = (prepared.fingerprint, ImageRef.of(prepared.voxels, prepared.geometry.spacing))
+        elif self._image is None or self._image[0] != prepared.fingerprint:
+            raise InputError("the engine connection changed after the request was prepared; run it again")
+        image = self._image[1]
+        if request is not None:
+            request.report(Progress("Sending the request"))
+        return self.client.segment(
+            image, [(prompt, value) for value, prompt in prepared.prompts.items()],
+            modality=prepared.modality, masks=prepared.masks or None, mode=prepared.mode,
+            options=prepared.options.for_protocol(prepared.region),
+            progress=(lambda job: request.report(describe_progress(job))) if request is not None else None,
+            cancel=request.cancel_requested if request is not None else None)
+
+    def apply(self, prepared: PreparedRequest, result: SegmentationResult) -> dict[str, dict]:
+        """Write the result into its segmentation (GUI thread); returns prompt → the engine's statistics."""
+        volume_node = self._node(prepared.volume_id, "input volume")
+        segmentation_node = self._node(prepared.segmentation_id, "output segmentation")
+        if volume_fingerprint(volume_node) != prepared.fingerprint:
+            raise InputError(f"volume '{volume_node.GetName()}' changed while the engine worked; run again")
+        if prepared.region is None:
+            region, labels = from_inclusive(result.box), result.labels
+        else:
+            region, labels = prepared.region, labels_over(result, prepared.region)
+        snapshot = write_results(segmentation_node, volume_node, labels, region, prepared.prompts,
+                                 only_inside_box=prepared.region is not None, vocabulary=self.vocabulary)
+        key = (prepared.segmentation_id, prepared.fingerprint)
+        self._undo = (self._undo + [_UndoEntry(snapshot, key, self._baselines.get(key))])[-UNDO_DEPTH:]
+        prompts = list(prepared.prompts.values())
+        self._baselines[key] = painted_masks(segmentation_node, segments_by_prompt(segmentation_node, prompts),
+                                             volume_node)
+        return {prompt: result.stats.get(value, {}) for value, prompt in prepared.prompts.items()}
+
+    # -- undo --------------------------------------------------------------------------------------------------
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    def undo(self) -> None:
+        """Put the segmentation of the last applied result back as it was before it."""
+        if not self._undo:
+            raise InputError("there is no MedalS result to undo")
+        entry = self._undo.pop()
+        entry.snapshot.restore()
+        if entry.baseline_before is None:
+            self._baselines.pop(entry.baseline_key, None)
+        else:
+            self._baselines[entry.baseline_key] = entry.baseline_before
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+
+    def _prepare(self, mode, volume_node, segmentation_node, prompt_text, modality, options) -> PreparedRequest:
+        if volume_node is None:
+            raise InputError("select an input volume first")
+        if segmentation_node is None:
+            raise InputError("select or create an output segmentation first")
+        prompts = parse_prompts(prompt_text)
+        if not prompts:
+            raise InputError("type at least one structure to segment, one per line (e.g. liver)")
+        if modality not in MODALITY_CHOICES:
+            raise InputError(f"modality {modality!r} is not one of {', '.join(MODALITY_CHOICES)}")
+        fingerprint = volume_fingerprint(volume_node)
+        cached = self._image is not None and self._image[0] == fingerprint
+        voxels, geometry = (None, volume_geometry(volume_node)) if cached else read_volume(volume_node)
+        return PreparedRequest(mode=mode, volume_id=volume_node.GetID(), segmentation_id=segmentation_node.GetID(),
+                               fingerprint=fingerprint, geometry=geometry, voxels=voxels,
+                               prompts={value: prompt for value, prompt in enumerate(prompts, start=1)},
+                               modality=None if modality == "auto" else modality, options=options)
+
+    def _node(self, node_id: str, role: str):
+        node = self.scene.GetNodeByID(node_id)
+        if node is None:
+            raise InputError(f"the {role} was removed from the scene while the engine worked")
+        return node
