@@ -1,0 +1,80 @@
+"""Shared by the server and client tests: a tiny installed model, live `medals serve` processes, raw requests.
+
+Every server here is a real child process on a free loopback port, started exactly as Slicer's launcher does.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import time
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+from medals.server.process import ServerProcess
+from medals.server.remote import client_module
+from medals.weights.testing import make_tiny_model
+
+client = client_module()
+
+TOKEN = "correct-horse-battery-staple"
+
+
+@pytest.fixture(scope="module")
+def medals_home(tmp_path_factory):
+    """A MEDALS_HOME with the tiny random model installed as `tiny`."""
+    home = tmp_path_factory.mktemp("medals_home")
+    make_tiny_model(home / "models" / "tiny")
+    return home
+
+
+def start_server(medals_home, *args: str) -> ServerProcess:
+    """`medals serve --port 0 --model tiny --device cpu ARGS` with MEDALS_HOME set, started and ready."""
+    env = {**os.environ, "MEDALS_HOME": str(medals_home)}
+    server = ServerProcess(["--model", "tiny", "--device", "cpu", *args], env=env)
+    server.start()
+    return server
+
+
+def random_volume(shape, spacing=(1.5, 1.5, 1.5), seed: int = 0, dtype=np.float32):
+    """An ImageRef of uniform noise on the 0–255 scale, (k, j, i)."""
+    array = (np.random.default_rng(seed).random(shape) * 255).astype(dtype)
+    return client.ImageRef.of(array, spacing)
+
+
+def raw_request(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """(status, parsed JSON body or raw bytes, headers) of one plain HTTP request, bypassing the client."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        data = response.read()
+        headers = {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+    if headers.get("content-type", "").startswith("application/json"):
+        data = json.loads(data)
+    return response.status, data, headers
+
+
+def resident_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux /proc), in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmRSS not found")
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(interval)

@@ -1,0 +1,326 @@
+"""Every endpoint of protocol v1 through the torch-free client, against a real `medals serve` on loopback.
+
+The server runs the tiny random model (crop 32³) on the CPU; its jobs take a fraction of a second per window.
+"""
+from __future__ import annotations
+
+import threading
+import zlib
+
+import numpy as np
+import pytest
+from server_fixtures import (TOKEN, client, medals_home, random_volume, raw_request, resident_bytes,  # noqa: F401
+                             start_server, wait_until)
+
+from medals.pipeline import Prompt, SegmentOptions, segment
+from medals.weights import load_model
+
+PROMPTS = [("liver", 1), ("left kidney", 2)]
+CACHE_MB = 0.25
+MAX_UPLOAD_MB = 0.5
+LONG_JOB = {"stages": ["fine"], "refine_iterations": 2}
+"""With a (16, 96, 96) image: 9 fine windows of three forwards each, a few seconds in all."""
+
+
+@pytest.fixture(scope="module")
+def server(medals_home):  # noqa: F811
+    process = start_server(medals_home, "--token", TOKEN, "--cache-mb", str(CACHE_MB), "--max-upload-mb",
+                           str(MAX_UPLOAD_MB), "--max-prompts", "4")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(server):
+    engine = client.EngineClient(server.url, TOKEN, timeout=30)
+    engine.connect()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def in_process_model(medals_home):  # noqa: F811
+    return load_model(medals_home / "models" / "tiny")
+
+
+def in_process_labels(model, image, prompts, options=SegmentOptions(), masks=None):
+    """The same request run by the pipeline in this process: what the server must reproduce."""
+    result = segment(model, image.array, image.spacing, [Prompt(text, label) for text, label in prompts],
+                     modality="ct", options=options, masks=masks, device="cpu")
+    return result
+
+
+def upload_headers(image, **overrides):
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/octet-stream",
+               "X-Medals-Dtype": image.array.dtype.name, "X-Medals-Shape": ",".join(map(str, image.array.shape)),
+               "X-Medals-Spacing": ",".join(map(str, image.spacing))}
+    headers.update(overrides)
+    return headers
+
+
+# -- health, info, OpenAPI -------------------------------------------------------------------------------------
+
+def test_health_reports_protocol_and_engine_versions(engine):
+    assert engine.health() == {"protocol": 1, "engine": "0.1.0"}
+
+
+def test_info_reports_device_model_vocabulary_and_limits(engine):
+    info = engine.info()
+    assert info["device"]["device"] == "cpu" and info["model"] == "tiny" and info["installed_models"] == ["tiny"]
+    assert isinstance(info["vocabulary"], dict) and "ct" in info["modalities"]
+    assert info["limits"]["max_upload_bytes"] == int(MAX_UPLOAD_MB * 2 ** 20) and info["limits"]["max_prompts"] == 4
+
+
+def test_openapi_document_publishes_every_route_and_the_bearer_scheme(server):
+    status, document, _ = raw_request(server.url, "GET", "/v1/openapi.json")
+    assert status == 200 and document["info"]["title"] == "MedalS engine"
+    assert set(document["paths"]) == {"/health", "/v1/info", "/v1/images", "/v1/images/{image_id}", "/v1/jobs",
+                                      "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/labels"}
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+# -- images --------------------------------------------------------------------------------------------------
+
+def test_upload_answers_with_the_content_id_and_geometry(engine):
+    image = random_volume((8, 10, 12), spacing=(2.5, 0.8, 0.7), seed=1, dtype=np.int16)
+    record = engine.upload(image)
+    assert record == {"image_id": image.image_id, "dtype": "int16", "shape": [8, 10, 12],
+                      "spacing": [2.5, 0.8, 0.7], "nbytes": 8 * 10 * 12 * 2}
+    assert engine.has_image(image)
+
+
+def test_an_evicted_image_answers_404_saying_upload_again(engine, server):
+    first = random_volume((32, 32, 32), seed=2)  # 128 KiB each; the cache holds 256 KiB
+    for image in (first, random_volume((32, 32, 32), seed=3), random_volume((32, 32, 32), seed=4)):
+        engine.upload(image)
+    status, body, _ = raw_request(server.url, "GET", f"/v1/images/{first.image_id}",
+                                  headers={"Authorization": f"Bearer {TOKEN}"})
+    assert (status, body["code"]) == (404, "image_not_found") and "upload it again" in body["detail"]
+
+
+def test_the_client_uploads_an_evicted_image_again_and_the_job_runs(engine, in_process_model):
+    image = random_volume((16, 24, 24), spacing=(3, 3, 3), seed=5)
+    engine.upload(image)
+    for seed in (6, 7, 8):
+        engine.upload(random_volume((32, 32, 32), seed=seed))
+    assert not engine.has_image(image)
+    result = engine.segment(image, PROMPTS, modality="ct", options={"stages": ["coarse"]})
+    expected = in_process_labels(in_process_model, image, PROMPTS, SegmentOptions(stages=("coarse",)))
+    assert engine.has_image(image) and np.array_equal(result.full_labels(), expected.labels)
+
+
+def test_a_truncated_body_is_refused_with_400(server):
+    image = random_volume((8, 8, 8), seed=9)
+    body = image.compressed()
+    status, answer, _ = raw_request(server.url, "POST", "/v1/images", body[: len(body) // 2], upload_headers(image))
+    assert status == 400 and "truncated" in answer["detail"]
+
+
+def test_a_dtype_outside_the_protocol_is_refused_with_400(server):
+    image = random_volume((8, 8, 8), seed=9)
+    status, answer, _ = raw_request(server.url, "POST", "/v1/images", image.compressed(),
+                                    upload_headers(image, **{"X-Medals-Dtype": "complex64"}))
+    assert status == 400 and "X-Medals-Dtype" in answer["detail"]
+
+
+def test_a_body_that_does_not_match_its_shape_is_refused_with_400(server):
+    image = random_volume((8, 8, 8), seed=9)
+    status, answer, _ = raw_request(server.url, "POST", "/v1/images", image.compressed(),
+                                    upload_headers(image, **{"X-Medals-Shape": "8,8,4"}))
+    assert status == 400 and "inflates to more than the 1024 bytes" in answer["detail"]
+
+
+def test_nan_voxels_are_refused_with_400_naming_their_count(server):
+    array = np.zeros((8, 8, 8), np.float32)
+    array[1, 2, 3] = np.nan
+    image = client.ImageRef.of(array, (1, 1, 1))
+    status, answer, _ = raw_request(server.url, "POST", "/v1/images", image.compressed(), upload_headers(image))
+    assert status == 400 and answer["detail"] == "image has 1 NaN or infinite voxels"
+
+
+def test_an_upload_declaring_an_oversized_body_is_refused_with_413_before_it_is_sent(server):
+    pid = server.process.pid
+    before = resident_bytes(pid)
+    image = random_volume((8, 8, 8))
+    status, answer, _ = raw_request(server.url, "POST", "/v1/images", None,
+                                    upload_headers(image, **{"Content-Length": str(200 << 20)}))
+    assert status == 413 and "over this server's limit" in answer["detail"]
+    assert resident_bytes(pid) - before < 8 << 20
+
+
+def test_a_streamed_oversized_upload_is_cut_off_while_counting_without_memory_growth(server):
+    """Chunked upload (no Content-Length) of 64 MiB against a 0.5 MiB limit: refused as the bytes arrive."""
+    pid = server.process.pid
+    before = resident_bytes(pid)
+    image = random_volume((256, 256, 256), dtype=np.float32)  # declared geometry is irrelevant: never inflated
+    chunk = np.random.default_rng(0).bytes(1 << 20)
+
+    def chunks():
+        for _ in range(64):
+            yield chunk
+
+    import http.client
+    from urllib.parse import urlsplit
+    parts = urlsplit(server.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.request("POST", "/v1/images", body=chunks(), headers=upload_headers(image),
+                           encode_chunked=True)
+        status = connection.getresponse().status
+    except (BrokenPipeError, ConnectionResetError):
+        status = 413  # the server closed the connection on the refused body before the client finished sending
+        # (the answer itself is checked by the declared-length test; here the point is the memory bound)
+    finally:
+        connection.close()
+    assert status == 413
+    assert resident_bytes(pid) - before < 16 << 20
+
+
+# -- jobs ----------------------------------------------------------------------------------------------------
+
+def test_a_text_job_returns_the_in_process_labels_over_its_box_with_statistics(engine, in_process_model):
+    image = random_volume((16, 24, 24), spacing=(3, 3, 3), seed=10)
+    progress = []
+    result = engine.segment(image, PROMPTS, modality="ct", progress=progress.append, poll_interval=0.05)
+    expected = in_process_labels(in_process_model, image, PROMPTS)
+    assert result.box == expected.box and np.array_equal(result.full_labels(), expected.labels)
+    assert result.stats[1]["name"] == "liver" and result.stats[2]["voxels"] == expected.stats[2]["voxels"]
+    assert progress[-1].state == "succeeded" and progress[-1].done == progress[-1].total > 0
+
+
+def test_a_hybrid_job_takes_a_painted_mask_and_a_box_prompt(engine, in_process_model):
+    image = random_volume((16, 24, 24), spacing=(3, 3, 3), seed=11)
+    painted = np.zeros(image.array.shape, np.uint8)
+    painted[4:8, 6:12, 6:12] = 1
+    box = (2, 5, 10, 20, 10, 20)
+    box_mask = np.zeros(image.array.shape, np.uint8)
+    box_mask[2:6, 10:21, 10:21] = 1
+    result = engine.segment(image, PROMPTS, modality="ct", masks={1: painted, 2: box})
+    expected = in_process_labels(in_process_model, image, PROMPTS, masks={1: painted, 2: box_mask})
+    assert np.array_equal(result.full_labels(), expected.labels)
+
+
+def test_options_box_limits_the_returned_labels_to_that_box(engine):
+    image = random_volume((16, 24, 24), spacing=(3, 3, 3), seed=12)
+    result = engine.segment(image, PROMPTS, modality="ct", options={"box": [2, 9, 3, 14, 4, 19]})
+    assert result.box == (2, 9, 3, 14, 4, 19) and result.labels.shape == (8, 12, 16)
+
+
+def test_status_reports_queue_position_while_another_job_runs(engine):
+    long = random_volume((16, 96, 96), seed=13, dtype=np.uint8)
+    short = random_volume((8, 8, 8), spacing=(3, 3, 3), seed=14)
+    running = engine.submit(long, PROMPTS, modality="ct", options=LONG_JOB)
+    waiting = engine.submit(short, PROMPTS, modality="ct")
+    try:
+        assert waiting.state == "queued" and waiting.queue_position == 1
+        wait_until(lambda: engine.status(running.job_id).done >= 1)
+        state = engine.status(running.job_id)
+        assert state.state == "running" and state.stage == "fine" and state.total > state.done
+        assert state.eta_seconds is not None and state.eta_seconds > 0
+    finally:
+        engine.cancel(running.job_id)
+    assert engine.wait(waiting.job_id).state == "succeeded"
+
+
+def test_cancel_stops_a_running_job_within_one_window(engine):
+    image = random_volume((16, 96, 96), seed=15, dtype=np.uint8)
+    job = engine.submit(image, PROMPTS, modality="ct", options=LONG_JOB)
+    wait_until(lambda: engine.status(job.job_id).done >= 1)
+    done_at_cancel = engine.cancel(job.job_id).done
+    with pytest.raises(client.JobCancelled):
+        engine.wait(job.job_id, poll_interval=0.05)
+    final = engine.status(job.job_id)
+    assert final.state == "cancelled" and final.done <= done_at_cancel + 1 < final.total
+
+
+def test_setting_the_cancel_event_cancels_the_job_being_waited_for(engine):
+    image = random_volume((16, 96, 96), seed=16, dtype=np.uint8)
+    cancel = threading.Event()
+    with pytest.raises(client.JobCancelled):
+        engine.segment(image, PROMPTS, modality="ct", options=LONG_JOB, cancel=cancel,
+                       progress=lambda state: cancel.set() if state.done >= 1 else None, poll_interval=0.05)
+
+
+def test_two_clients_at_once_both_finish_with_their_own_results(server, in_process_model):
+    images = [random_volume((16, 24, 24), spacing=(3, 3, 3), seed=seed) for seed in (17, 18)]
+    prompts = [PROMPTS, [("spleen", 5)]]
+    results = [None, None]
+
+    def run(index):
+        own = client.EngineClient(server.url, TOKEN)
+        own.connect()
+        results[index] = own.segment(images[index], prompts[index], modality="ct", poll_interval=0.05)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for index in (0, 1):
+        expected = in_process_labels(in_process_model, images[index], prompts[index])
+        assert np.array_equal(results[index].full_labels(), expected.labels)
+    assert set(results[1].stats) == {5}
+
+
+def test_labels_of_a_job_that_has_not_succeeded_answer_409(engine, server):
+    image = random_volume((16, 96, 96), seed=19, dtype=np.uint8)
+    job = engine.submit(image, PROMPTS, modality="ct", options=LONG_JOB)
+    engine.cancel(job.job_id)
+    status, answer, _ = raw_request(server.url, "GET", f"/v1/jobs/{job.job_id}/labels",
+                                    headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 409 and answer["code"] == "job_not_finished"
+
+
+def test_labels_travel_as_zlib_int16_over_the_box(engine, server):
+    image = random_volume((8, 8, 8), spacing=(3, 3, 3), seed=20)
+    state = engine.wait(engine.submit(image, PROMPTS, modality="ct").job_id)
+    status, body, headers = raw_request(server.url, "GET", f"/v1/jobs/{state.job_id}/labels",
+                                        headers={"Authorization": f"Bearer {TOKEN}"})
+    shape = tuple(int(n) for n in headers["x-medals-shape"].split(","))
+    assert status == 200 and headers["x-medals-dtype"] == "int16"
+    assert len(zlib.decompress(body)) == 2 * int(np.prod(shape))
+
+
+# -- request validation ----------------------------------------------------------------------------------------
+
+def test_more_prompts_than_the_limit_are_refused_with_400(engine):
+    image = random_volume((8, 8, 8), seed=21)
+    with pytest.raises(client.EngineError, match="5 prompts are over this server's limit of 4") as error:
+        engine.submit(image, [(f"structure {n}", n) for n in range(1, 6)], modality="ct")
+    assert error.value.status == 400
+
+
+def test_a_mask_for_a_label_no_prompt_has_is_refused_with_400(engine):
+    image = random_volume((8, 8, 8), seed=22)
+    with pytest.raises(client.EngineError, match="mask key '7' is not the label value of a prompt"):
+        engine.submit(image, PROMPTS, modality="ct", masks={7: (0, 1, 0, 1, 0, 1)})
+
+
+def test_a_box_outside_the_image_is_refused_with_400(engine):
+    image = random_volume((8, 8, 8), seed=23)
+    with pytest.raises(client.EngineError, match=r"options.box \[0, 8, 0, 1, 0, 1\] does not lie inside"):
+        engine.submit(image, PROMPTS, modality="ct", options={"box": [0, 8, 0, 1, 0, 1]})
+
+
+def test_an_unknown_option_is_refused_with_400_naming_it(engine):
+    image = random_volume((8, 8, 8), seed=24)
+    with pytest.raises(client.EngineError, match="options.probabilities: Extra inputs are not permitted"):
+        engine.submit(image, PROMPTS, modality="ct", options={"probabilities": True})
+
+
+# -- security ------------------------------------------------------------------------------------------------
+
+def test_a_wrong_token_is_refused_with_401(server):
+    with pytest.raises(client.EngineError, match="refused the token") as error:
+        client.EngineClient(server.url, "wrong-token").info()
+    assert error.value.status == 401
+
+
+def test_a_missing_token_is_refused_with_401_before_the_body_is_read(server):
+    status, answer, headers = raw_request(server.url, "POST", "/v1/images", None, {"Content-Length": str(1 << 30)})
+    assert (status, answer["code"]) == (401, "unauthorized") and headers["www-authenticate"] == "Bearer"
+
+
+def test_no_cors_headers_are_sent_to_a_browser_origin(server):
+    status, _, headers = raw_request(server.url, "OPTIONS", "/v1/info", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
+    assert status in (401, 405) and not any(name.startswith("access-control-") for name in headers)

@@ -1,0 +1,103 @@
+"""`medals serve`: the engine as an HTTP server speaking protocol v1, with the model loaded once and kept warm.
+
+Once it listens it prints one line, `MEDALS_SERVER_READY http://HOST:PORT`, on stdout; with `--port 0` the
+system picks a free port and that line is how the Slicer launcher and the tests find it.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+
+from .errors import InputError
+from .server.protocol import Limits
+
+READY_MARKER = "MEDALS_SERVER_READY"
+TOKEN_VARIABLE = "MEDALS_SERVER_TOKEN"
+MIB = 1 << 20
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """Refuse to serve beyond this machine without a token: anyone on the network could use the GPU."""
+    if not is_loopback(host) and not token:
+        raise InputError(f"refusing to listen on {host} without a token: anyone who reaches it could send images "
+                         f"and use the GPU; set {TOKEN_VARIABLE} (or --token), or keep --host 127.0.0.1")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port); port 0 lets the system pick a free one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as error:
+        raise InputError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def limits_from(args) -> Limits:
+    return Limits(max_upload_bytes=int(args.max_upload_mb * MIB), max_request_bytes=int(args.max_request_mb * MIB),
+                  max_voxels=args.max_voxels, max_prompts=args.max_prompts, cache_bytes=int(args.cache_mb * MIB))
+
+
+def run_serve(args) -> int:
+    import uvicorn
+
+    from .server.app import create_app
+    from .server.engine import Engine
+
+    check_exposure(args.host, args.token)
+    engine = Engine.load(args.model, args.device)
+    app = create_app(engine, limits_from(args), args.token)
+    sock = bind(args.host, args.port)
+    url = url_of(sock)
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:
+                print(f"{READY_MARKER} {url}", flush=True)
+
+    logging.getLogger("medals.server").setLevel(args.log_level.upper())
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level == "debug",
+                            timeout_graceful_shutdown=5)
+    AnnouncingServer(config).run(sockets=[sock])
+    return 0
+
+
+def register(subparsers) -> None:
+    defaults = Limits()
+    serve = subparsers.add_parser("serve", help="run the engine as an HTTP server (protocol v1) for Slicer and "
+                                                "`medals segment --server`")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; any "
+                                                           "other address needs a token)")
+    serve.add_argument("--port", type=int, default=8765, help="port (0: pick a free one and print it)")
+    serve.add_argument("--token", default=os.environ.get(TOKEN_VARIABLE),
+                       help=f"bearer token clients must send (default: ${TOKEN_VARIABLE}; prefer the variable, a "
+                            "command line is visible to other users)")
+    serve.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
+    serve.add_argument("--model", default=None, help="installed model name or model folder (default: the "
+                                                     "default installed model)")
+    serve.add_argument("--cache-mb", type=float, default=defaults.cache_bytes // MIB,
+                       help="memory for uploaded images, least recently used dropped first")
+    serve.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes // MIB,
+                       help="largest compressed image upload")
+    serve.add_argument("--max-request-mb", type=float, default=defaults.max_request_bytes // MIB,
+                       help="largest job request (prompts and painted masks)")
+    serve.add_argument("--max-voxels", type=int, default=defaults.max_voxels, help="largest image, in voxels")
+    serve.add_argument("--max-prompts", type=int, default=defaults.max_prompts, help="most prompts in one job")
+    serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    serve.set_defaults(func=run_serve)

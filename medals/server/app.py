@@ -1,0 +1,252 @@
+"""The ASGI application of protocol v1: routes, the guard in front of them, and error bodies.
+
+    GET  /health                    public, unversioned (every version keeps it): protocol and engine versions
+    GET  /v1/openapi.json           public: this protocol as OpenAPI
+    GET  /v1/info                   device, memory, models, vocabulary, limits
+    POST /v1/images                 binary body (zlib of little-endian voxels) + X-Medals-* geometry headers
+    GET  /v1/images/{image_id}      is this image still cached? (404 → upload again)
+    POST /v1/jobs                   JobRequest → JobStatus (queued)
+    GET  /v1/jobs/{job_id}          JobStatus: state, queue position, stage, windows done/total, ETA
+    POST /v1/jobs/{job_id}/cancel   stops the job within one window
+    GET  /v1/jobs/{job_id}/labels   binary body: zlib of int16 labels over the result box
+
+No route reads or writes files, and no CORS headers are sent: browsers on other origins cannot call it.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, Header, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..errors import MedalSError
+from . import wire
+from .cache import CachedImage, ImageCache
+from .errors import JobNotFinished, PayloadTooLarge, Unauthorized, error_body
+from .jobs import SUCCEEDED, Job, JobQueue
+from .protocol import (API_PREFIX, IMAGE_ID_PATTERN, JOB_ID_PATTERN, PROTOCOL_VERSION, ErrorBody, Health,
+                       ImageRecord, Info, JobRequest, JobStatus, Limits)
+
+log = logging.getLogger("medals.server")
+
+HEALTH_PATH = "/health"
+PUBLIC_PATHS = (HEALTH_PATH, f"{API_PREFIX}/openapi.json")
+UPLOAD_PATH = f"{API_PREFIX}/images"
+SHAPE_PATTERN = r"^[0-9]{1,9},[0-9]{1,9},[0-9]{1,9}$"
+SPACING_PATTERN = r"^[^,]+,[^,]+,[^,]+$"
+
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413)}
+BINARY_BODY = {"requestBody": {"required": True, "content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+BINARY_RESPONSE = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                   "description": "zlib of the int16 labels over the box, little-endian, C order (k, j, i)"}
+
+
+class Guard:
+    """ASGI middleware in front of every route: token first, then the body size, before any body is read.
+
+    A declared Content-Length over the limit is refused at once; a chunked body is counted while it streams
+    and refused as soon as it passes the limit, so the server never holds more than the limit.
+    """
+
+    def __init__(self, app, token: str | None, limits: Limits):
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.limits = limits
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.expected is not None and scope["path"] not in PUBLIC_PATHS:
+            # compare_digest takes the same time wherever the first differing byte is.
+            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                error = Unauthorized("missing or wrong token: send the server's token as 'Authorization: Bearer "
+                                     "<token>'")
+                return await error_response(error)(scope, receive, send)
+        limit = self.limits.max_upload_bytes if scope["path"] == UPLOAD_PATH else self.limits.max_request_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            error = PayloadTooLarge(f"request body of {declared.decode(errors='replace')} bytes is over this "
+                                    f"server's limit of {limit} bytes")
+            return await error_response(error)(scope, receive, send)
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                # An HTTPException passes unchanged through the framework's body parsing.
+                raise HTTPException(413, f"request body is over this server's limit of {limit} bytes")
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+def error_response(error: MedalSError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if error.http_status == 401 else None
+    return JSONResponse(error_body(error), status_code=error.http_status, headers=headers)
+
+
+def validation_message(error: RequestValidationError) -> str:
+    """One line from pydantic's error list: where the first problem is and what it is."""
+    problems = error.errors()
+    first = problems[0]
+    where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def job_status(job: Job, queue: JobQueue) -> dict:
+    return {"job_id": job.id, "state": job.state, "queue_position": queue.position(job), "stage": job.stage,
+            "done": job.done, "total": job.total, "message": job.message, "eta_seconds": job.eta_seconds(),
+            "error": error_body(job.error) if job.error is not None else None,
+            "result": job.result.info if job.state == SUCCEEDED else None}
+
+
+def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> FastAPI:
+    """The application around one loaded `engine` (see `medals.server.engine.Engine`).
+
+    `token`: required as a bearer token on every route but health and the OpenAPI document; None allows
+    anyone who can reach the port (the CLI only permits that on loopback).
+    """
+    cache = ImageCache(limits.cache_bytes)
+    queue = JobQueue(engine.run, limits.max_waiting_jobs, limits.max_finished_jobs)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        queue.close()
+
+    app = FastAPI(title="MedalS engine", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=f"{API_PREFIX}/openapi.json",
+                  description=f"Medal S text-prompted 3D segmentation, protocol v{PROTOCOL_VERSION}. Arrays in "
+                              "numpy (k, j, i) order, spacing in mm in the same order, boxes inclusive.")
+    app.state.cache, app.state.queue, app.state.engine = cache, queue, engine
+    app.add_middleware(Guard, token=token, limits=limits)
+
+    @app.exception_handler(MedalSError)
+    async def medals_error(request: Request, error: MedalSError):
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError):
+        return JSONResponse({"detail": validation_message(error), "code": "invalid_request"}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        code = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        return JSONResponse({"detail": str(error.detail), "code": code}, status_code=error.status_code,
+                            headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error in the engine ({type(error).__name__}); the server log has "
+                                       "the details", "code": "internal_error"}, status_code=500)
+
+    @app.get(HEALTH_PATH, response_model=Health)
+    def health():
+        """Protocol and engine versions: the first call of every client, which refuses another protocol."""
+        return {"status": "ok", "protocol": PROTOCOL_VERSION, "engine": __version__}
+
+    @app.get(f"{API_PREFIX}/info", response_model=Info, responses=ERRORS)
+    def info():
+        return {"protocol": PROTOCOL_VERSION, "engine": __version__, **engine.describe(),
+                "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_request_bytes": limits.max_request_bytes,
+                           "max_voxels": limits.max_voxels, "max_prompts": limits.max_prompts,
+                           "max_prompt_chars": limits.max_prompt_chars, "cache_bytes": limits.cache_bytes},
+                "queue_length": queue.length()}
+
+    @app.post(UPLOAD_PATH, response_model=ImageRecord, responses=ERRORS, openapi_extra=BINARY_BODY)
+    async def upload_image(request: Request,
+                           dtype: Annotated[Literal[wire.IMAGE_DTYPES], Header(alias="X-Medals-Dtype")],
+                           shape: Annotated[str, Header(alias="X-Medals-Shape", pattern=SHAPE_PATTERN,
+                                                        description="voxels along k,j,i")],
+                           spacing: Annotated[str, Header(alias="X-Medals-Spacing", pattern=SPACING_PATTERN,
+                                                          description="mm along k,j,i")]):
+        """Upload a volume once; later requests name it by the returned id (the SHA-256 of its content)."""
+        wire_type = wire.wire_dtype(dtype)
+        dims, mm = wire.parse_shape(shape), wire.parse_spacing(spacing)
+        voxels = math.prod(dims)
+        if voxels > limits.max_voxels:
+            raise PayloadTooLarge(f"image of {voxels} voxels is over this server's limit of {limits.max_voxels}")
+        cache.check_fits(voxels * wire_type.itemsize)
+        inflater = wire.ExactInflater(voxels * wire_type.itemsize, "image body")
+        async for chunk in request.stream():
+            inflater.feed(chunk)
+        image = await run_in_threadpool(finish_upload, inflater, dtype, dims, mm)
+        cache.put(image)
+        return image.describe()
+
+    @app.get(f"{API_PREFIX}/images/{{image_id}}", response_model=ImageRecord, responses=ERRORS)
+    def image_record(image_id: Annotated[str, Path(pattern=IMAGE_ID_PATTERN)]):
+        return cache.get(image_id).describe()
+
+    @app.post(f"{API_PREFIX}/jobs", response_model=JobStatus, status_code=202, responses={**ERRORS, 503: {
+        "model": ErrorBody}})
+    def submit_job(request: JobRequest):
+        """Queue a segmentation of an uploaded image; poll the returned job for progress and its result."""
+        image = cache.get(request.image_id)
+        job = queue.submit(engine.prepare(request, image, limits), request.request_id)
+        return job_status(job, queue)
+
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobStatus, responses=ERRORS)
+    def get_job(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)]):
+        return job_status(queue.get(job_id), queue)
+
+    @app.post(f"{API_PREFIX}/jobs/{{job_id}}/cancel", response_model=JobStatus, responses=ERRORS)
+    def cancel_job(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)]):
+        return job_status(queue.cancel(job_id), queue)
+
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}/labels", response_class=Response,
+             responses={200: BINARY_RESPONSE, 409: {"model": ErrorBody}, **ERRORS})
+    def job_labels(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)]):
+        """The labels over the result box; box, shape and dtype are in the job's `result` and in headers."""
+        job = queue.get(job_id)
+        if job.state != SUCCEEDED:
+            raise JobNotFinished(f"job {job_id} is {job.state}, it has no labels"
+                                 + (f": {job.error}" if job.error is not None else ""))
+        info = job.result.info
+        return Response(job.result.labels, media_type="application/octet-stream", headers={
+            "X-Medals-Dtype": info["dtype"], "X-Medals-Shape": ",".join(map(str, info["shape"])),
+            "X-Medals-Box": ",".join(map(str, info["box"]))})
+
+    app.openapi = lambda: openapi_document(app, token is not None)
+    return app
+
+
+def finish_upload(inflater: wire.ExactInflater, dtype: str, shape, spacing) -> CachedImage:
+    """The validated, content-addressed image once its whole body has arrived (CPU work, off the event loop)."""
+    raw = inflater.finish()
+    array = wire.as_array(raw, dtype, shape)
+    wire.require_finite(array, "image")
+    return CachedImage(wire.image_id(dtype, shape, spacing, raw), array, spacing)
+
+
+def openapi_document(app: FastAPI, token_required: bool) -> dict:
+    """FastAPI's document with what it cannot infer: bearer auth, and 400 (not 422) for invalid requests."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for path, operations in document["paths"].items():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+                if token_required and path not in PUBLIC_PATHS:
+                    operation["security"] = [{"bearer": []}]
+        if token_required:
+            document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        document["components"]["schemas"].pop("HTTPValidationError", None)
+        document["components"]["schemas"].pop("ValidationError", None)
+        app.openapi_schema = document
+    return app.openapi_schema
