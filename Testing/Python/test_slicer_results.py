@@ -7,8 +7,7 @@ from slicer_fixtures import (add_segmentation, add_volume, finer_geometry, obliq
 
 from MedalSLib.errors import InputError
 from MedalSLib.prompts import painted_masks
-from MedalSLib.results import (ResultSnapshot, find_segment, hashed_color, segment_appearance, write_probability_volume,
-                               write_results)
+from MedalSLib.results import ResultSnapshot, find_segment, hashed_color, segment_appearance, write_results
 from MedalSLib.scene import Box, oriented_image, read_volume
 
 SHAPE = (6, 9, 11)
@@ -226,15 +225,6 @@ def test_unknown_structure_gets_a_stable_colour_from_its_name():
     assert look.terminology == ""
     assert look.color == hashed_color("Cochlear_Duct") != hashed_color("vestibule")
     assert all(0.0 <= channel <= 1.0 for channel in look.color)
-
-
-def test_probability_volume_holds_the_box_on_the_volumes_grid(scene, volume):
-    box = Box((1, 2, 3), (3, 4, 5))
-    probability = np.full(box.shape, 0.75, np.float32)
-    node = write_probability_volume(scene, probability, box, volume, "liver probability")
-    array, geometry = read_volume(node)
-    assert geometry.same_grid(read_volume(volume)[1])
-    assert array[box.slices].min() == pytest.approx(0.75) and array.sum() == pytest.approx(0.75 * 8)
 
 
 def test_snapshot_of_nothing_restores_nothing(segmentation):

@@ -83,10 +83,15 @@ def test_segment_request_needs_a_volume_and_a_segmentation(session, volume, segm
 
 
 def test_engine_options_become_protocol_options_with_an_inclusive_box():
-    options = EngineOptions(stages=1, refine_iterations=2, keep_largest=True)
+    options = EngineOptions(stages=("coarse",), refine_iterations=2, keep_largest=True)
     assert options.for_protocol(Box((1, 2, 3), (4, 5, 6))) == {
-        "stages": 1, "refine_iterations": 2, "keep_largest": True, "box": [1, 3, 2, 4, 3, 5]}
+        "stages": ["coarse"], "refine_iterations": 2, "keep_largest": True, "box": [1, 3, 2, 4, 3, 5]}
     assert "box" not in options.for_protocol(None)
+
+
+def test_engine_options_refuse_stages_out_of_order():
+    with pytest.raises(InputError, match="stages"):
+        EngineOptions(stages=("fine", "coarse")).for_protocol(None)
 
 
 def test_inclusive_bounds_round_trip():

@@ -19,7 +19,7 @@ import vtk
 from .errors import InputError
 from .prompts import structure_key
 from .scene import Box, VolumeGeometry, check_same_transform, oriented_image, segment_labelmap, \
-    segmentation_reference, volume_geometry, write_volume
+    segmentation_reference, volume_geometry
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 ANATOMY = ("SCT", "123037004", "Anatomical Structure")
@@ -277,14 +277,3 @@ def _resampled(image, footprint, outside: int = 0):
         image, footprint, resampled, False, False, None, outside)
     return resampled
 
-
-def write_probability_volume(scene, probability: np.ndarray, box: Box, volume_node, name: str,
-                             probability_node=None):
-    """A float32 volume on the input volume's grid holding `probability` (k, j, i, 0–1) over `box`, 0 elsewhere."""
-    geometry = volume_geometry(volume_node)
-    _check_box(probability, box, geometry)
-    full = np.zeros(geometry.shape, np.float32)
-    full[box.slices] = probability
-    node = write_volume(scene, full, geometry, name, probability_node)
-    node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
-    return node

@@ -23,6 +23,7 @@ from .scene import Box, VolumeGeometry, read_volume, volume_fingerprint, volume_
 
 MODALITY_CHOICES = ("auto", "ct", "mri", "us", "pet", "microscopy")
 """"auto" lets the engine infer the modality from the prompts' words."""
+STAGE_CHOICES = (("coarse", "fine"), ("coarse",), ("fine",))
 UNDO_DEPTH = 10
 
 
@@ -30,17 +31,20 @@ UNDO_DEPTH = 10
 class EngineOptions:
     """The advanced options of a request.
 
-    stages: 1 = coarse pass only; 2 = coarse, then fine on the region of interest.
-    refine_iterations: extra fine passes, each prompted by the previous pass's own result.
+    stages: the passes to run, in order: "coarse" (whole volume, low resolution), "fine" (region of interest,
+        high resolution, prompted by the coarse labels and/or the painted masks), or both.
+    refine_iterations: self-refinement passes per window, each prompted by the window's own prediction.
     keep_largest: keep only the largest connected piece of every structure.
     """
 
-    stages: int = 2
+    stages: tuple[str, ...] = STAGE_CHOICES[0]
     refine_iterations: int = 0
     keep_largest: bool = False
 
     def for_protocol(self, region: Box | None) -> dict:
-        options = {"stages": self.stages, "refine_iterations": self.refine_iterations,
+        if self.stages not in STAGE_CHOICES:
+            raise InputError(f"stages {self.stages} are not one of {STAGE_CHOICES}")
+        options = {"stages": list(self.stages), "refine_iterations": self.refine_iterations,
                    "keep_largest": self.keep_largest}
         if region is not None:
             options["box"] = inclusive(region)

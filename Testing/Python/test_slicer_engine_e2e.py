@@ -1,0 +1,133 @@
+"""End to end: the Slicer logic drives a real `medals serve` process started by the module's launcher.
+
+The engine serves the tiny random test model (`medals.weights.testing`): it segments nothing meaningful,
+but every step is real — process start on a free loopback port with a token, protocol check, volume upload,
+two-stage job with progress, labels back, segments written into a real MRML scene, refinement, cancel.
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+import slicer
+from slicer_fixtures import add_volume, oblique_geometry, scene  # noqa: F401
+
+from MedalSLib.client import EngineError, JobCancelled
+from MedalSLib.jobs import Worker
+from MedalSLib.launcher import LocalEngine, engine_command
+from MedalSLib.prompts import painted_masks, segments_by_prompt
+from MedalSLib.results import find_segment, new_segmentation
+from MedalSLib.scene import oriented_image
+from MedalSLib.session import SegmentationSession, from_inclusive
+
+SHAPE = (20, 40, 40)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    from medals.weights.testing import make_tiny_model
+    folder = make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+    env = {**os.environ, "MEDALS_HOME": str(tmp_path_factory.mktemp("home"))}
+    local = LocalEngine(engine_command(sys.executable, device="cpu", model=str(folder)), env=env,
+                        startup_timeout_s=300)
+    local.start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def session(scene, engine):
+    session = SegmentationSession(scene)
+    session.connect(engine.url, engine.token)
+    return session
+
+
+@pytest.fixture
+def volume(scene):
+    voxels = (np.random.default_rng(0).random(SHAPE) * 200).astype(np.int16)
+    return add_volume(scene, oblique_geometry(shape=SHAPE, spacing=(3.0, 1.5, 1.5)), voxels)
+
+
+def run_on_worker(session, prepared):
+    worker = Worker()
+    request = worker.submit(lambda r: session.run(prepared, r), "segment")
+    assert request.finished.wait(120)
+    worker.close()
+    return request
+
+
+def segment_mask(segmentation, volume, name):
+    return painted_masks(segmentation, segments_by_prompt(segmentation, [name]), volume).get(
+        name, np.zeros(SHAPE, np.uint8))
+
+
+def test_connect_reports_the_engine_and_its_device(session):
+    assert session.info["protocol"] == 1 and session.info["model"] == "tiny"
+    assert session.info["device"]["device"] == "cpu"
+
+
+def test_segments_appear_named_after_the_prompts_with_the_engines_labels(scene, session, volume):
+    segmentation = new_segmentation(scene, volume)
+    prepared = session.prepare_segment(volume, segmentation, "liver\nleft kidney", "ct")
+    request = run_on_worker(session, prepared)
+    assert request.error is None, request.error
+    assert request.progress.text == "Engine job succeeded"
+    stats = session.apply(prepared, request.result)
+    names = [segmentation.GetSegmentation().GetNthSegment(i).GetName() for i in range(2)]
+    assert names == ["liver", "left kidney"] and set(stats) == {"liver", "left kidney"}
+    full = np.zeros(SHAPE, np.int16)
+    full[from_inclusive(request.result.box).slices] = request.result.labels
+    np.testing.assert_array_equal(segment_mask(segmentation, volume, "liver"), full == 1)
+    np.testing.assert_array_equal(segment_mask(segmentation, volume, "left kidney"), full == 2)
+
+
+def test_an_unchanged_volume_is_not_read_again_for_the_next_request(scene, session, volume):
+    segmentation = new_segmentation(scene, volume)
+    first = session.prepare_segment(volume, segmentation, "liver", "ct")
+    assert run_on_worker(session, first).error is None
+    second = session.prepare_segment(volume, segmentation, "spleen", "ct")
+    assert second.voxels is None
+    assert run_on_worker(session, second).error is None
+
+
+def test_refinement_recomputes_only_around_the_painted_seeds(scene, session, volume):
+    segmentation = new_segmentation(scene, volume)
+    prepared = session.prepare_segment(volume, segmentation, "liver", "ct")
+    session.apply(prepared, run_on_worker(session, prepared).result)
+    before = segment_mask(segmentation, volume, "liver")
+    seeds = before.copy()
+    seeds[10, 18:22, 18:22] = 1 - seeds[10, 18:22, 18:22]
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        oriented_image(prepared.geometry, seeds), segmentation, find_segment(segmentation, "liver"),
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    refine = session.prepare_refine(volume, segmentation, "liver", "ct")
+    request = run_on_worker(session, refine)
+    assert request.error is None, request.error
+    session.apply(refine, request.result)
+    after = segment_mask(segmentation, volume, "liver")
+    outside = np.ones(SHAPE, bool)
+    outside[refine.region.slices] = False
+    np.testing.assert_array_equal(after[outside], seeds[outside])
+
+
+def test_a_cancelled_request_writes_nothing(scene, session, volume):
+    segmentation = new_segmentation(scene, volume)
+    prepared = session.prepare_segment(volume, segmentation, "liver", "ct")
+    worker = Worker()
+    request = worker.submit(lambda r: (r.cancel(), session.run(prepared, r))[1], "segment")
+    assert request.finished.wait(120)
+    worker.close()
+    assert isinstance(request.error, JobCancelled)
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 0
+
+
+def test_engine_refusals_carry_the_servers_own_message(scene, session, volume):
+    prepared = session.prepare_segment(volume, new_segmentation(scene, volume), "x" * 400, "ct")
+    error = run_on_worker(session, prepared).error
+    assert isinstance(error, EngineError) and "300" in str(error) and "HTTP 400" in str(error)
+
+
+def test_a_wrong_token_is_refused_on_connect(scene, engine):
+    with pytest.raises(EngineError, match="refused the token"):
+        SegmentationSession(scene).connect(engine.url, "not-the-token")
+
