@@ -86,6 +86,20 @@ def test_imported_model_is_ready_for_inference(official, home):
     assert logits.shape == (1, 1, 32, 32, 32) and torch.isfinite(logits).all()
 
 
+def test_lone_stage_is_fine_up_to_one_cubic_millimetre_voxels(tmp_path):
+    fine = StageFile.parse(tmp_path / "x_crop_size_192_192_192_spacing_1.0_1.0_1.0_step_1.pth")
+    coarse = StageFile.parse(tmp_path / "x_crop_size_224_224_128_spacing_1.5_1.5_3.0_step_2.pth")
+    assert assign_stages([fine]) == {"fine": fine}
+    assert assign_stages([coarse]) == {"coarse": coarse}
+
+
+def test_two_stages_of_equal_spacing_are_refused(tmp_path):
+    first = StageFile.parse(tmp_path / "x_crop_size_192_192_192_spacing_1.0_1.0_1.0_step_1.pth")
+    second = StageFile.parse(tmp_path / "x_crop_size_192_192_192_spacing_1.0_1.0_1.0_step_2.pth")
+    with pytest.raises(WeightsError, match="expected one coarse and one fine stage checkpoint with different spacings"):
+        assign_stages([first, second])
+
+
 def test_truncated_checkpoint_is_reported(official, home):
     path = official / COARSE_NAME
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -97,7 +111,8 @@ def test_wrong_shape_is_reported_with_its_key(official, home):
     key = "module.backbone.encoder.stages.0.0.convs.0.conv.weight"
     edit_checkpoint(official / FINE_NAME, lambda state: state.__setitem__(key, torch.zeros(8, 2, 3, 3, 1)))
     message = import_error(official)
-    assert message.startswith(f"{official / FINE_NAME}: wrong shape for key 'backbone.encoder.stages.0.0.convs.0.conv.weight'")
+    assert message.startswith(
+        f"{official / FINE_NAME}: wrong shape for key 'backbone.encoder.stages.0.0.convs.0.conv.weight'")
     assert "file has [8, 2, 3, 3, 1], the network expects [8, 2, 3, 3, 3]" in message
 
 

@@ -20,7 +20,7 @@ import torch
 from medals.config import NetConfig
 from medals.modeling import MedalSNet
 
-SMALL_PLAN = NetConfig(features=(8, 8, 16, 16, 32, 32), query_dim=768, heads=8, ffn_dim=64, decoder_layers=2,
+SMALL_PLAN = NetConfig(features=(8, 8, 16, 16, 32, 32), query_dim=768, heads=8, ffn_dim=64, decoder_layers=1,
                        mask_hidden=32)
 COARSE_NAME = "nano_UNet_CVPR2025_crop_size_32_32_64_spacing_1.5_1.5_3.0_step_358600.pth"
 FINE_NAME = "nano_UNet_CVPR2025_crop_size_32_32_32_spacing_1.0_1.0_1.0_step_341300.pth"
@@ -60,7 +60,7 @@ def layer_tar(files: dict[str, bytes], compress: bool = False) -> bytes:
             info.size = len(content)
             layer.addfile(info, io.BytesIO(content))
     data = buffer.getvalue()
-    return gzip.compress(data) if compress else data
+    return gzip.compress(data, compresslevel=1) if compress else data
 
 
 def write_docker_archive(path: Path, layers: list[dict[str, bytes]], oci: bool = False) -> Path:
@@ -76,7 +76,7 @@ def write_docker_archive(path: Path, layers: list[dict[str, bytes]], oci: bool =
         layer_names.append(name)
     members["manifest.json"] = json.dumps(
         [{"Config": next(iter(members)), "RepoTags": ["teamx:latest"], "Layers": layer_names}]).encode()
-    with tarfile.open(path, mode="w:gz") as archive:
+    with tarfile.open(path, mode="w:gz", compresslevel=1) as archive:
         for name, content in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(content)

@@ -20,8 +20,12 @@ def human_size(size: int) -> str:
 
 def describe_stages(config: ModelConfig) -> str:
     """E.g. 'coarse 224x224x128 @ 1.5x1.5x3 mm, fine 192x192x192 @ 1x1x1 mm' (crop and spacing in (h, w, d))."""
-    return ", ".join(f"{role} {'x'.join(map(str, stage.crop_size))} @ {'x'.join(f'{s:g}' for s in stage.target_spacing)} mm"
-                     for role, stage in sorted(config.stages.items()))
+    parts = []
+    for role, stage in sorted(config.stages.items()):
+        crop = "x".join(str(size) for size in stage.crop_size)
+        spacing = "x".join(f"{mm:g}" for mm in stage.target_spacing)
+        parts.append(f"{role} {crop} @ {spacing} mm")
+    return ", ".join(parts)
 
 
 def read_plan(path: str | None) -> NetConfig | None:

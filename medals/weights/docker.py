@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import WeightsError
-from .official import TEXT_ENCODER_FILE, TOWER_FOLDER_PREFIX, is_stage_file
+from .official import TEXT_ENCODER_FILE, TOWER_FOLDER_PREFIX, TOWER_WEIGHT_SUFFIXES, is_stage_file
 
 STAGING_DIR = ".layers"
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 PREFERRED_HOME = "workspace/checkpoints"  # WORKDIR /workspace + the official default ./checkpoints
-TOWER_WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ot", ".ckpt")
 
 
 def image_path(name: str) -> str:

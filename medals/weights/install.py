@@ -43,8 +43,9 @@ def install_official(source, name: str = "official", home: Path | None = None, p
         if source.is_file():
             log(f"extracting the release files from {source}")
             folder = extract_official_files(source, Path(work) / "image", log)
-        config, stage_states, text_state, tower = read_official_model(
-            folder, name, plan, allow_pickle, description=f"Official Medal S weights imported from {source.resolve()}", log=log)
+        description = f"Official Medal S weights imported from {source.resolve()}"
+        config, stage_states, text_state, tower = read_official_model(folder, name, plan, allow_pickle, description,
+                                                                      log)
         log(f"writing model {name!r}")
         staged = save_model(Path(work) / "model", config, stage_states, text_state, tower)
         if target.exists():

@@ -27,13 +27,13 @@ from ..config import ModelConfig
 from ..errors import WeightsError
 from ..modeling import MedalSNet
 from ..text import TextEncoder
+from .official import TOWER_WEIGHT_SUFFIXES
 from .state import canonical_key, check_state, drop_aliases, expected_shapes, load_strict, restore_aliases
 from .store import CONFIG_FILE, read_model_config, resolve_model
 
 STAGES = ("coarse", "fine")
 TEXT_FILE = "text_encoder.safetensors"
 TOWER_DIR = "text_tower"
-TOWER_WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ot", ".ckpt")
 
 
 def stage_file(stage: str) -> str:

@@ -32,6 +32,8 @@ STAGE_FILE = re.compile(
 TEXT_ENCODER_FILE = "text_encoder.pth"
 TOWER_FOLDER_PREFIX = "BioLORD"
 DEEP_SUPERVISION_KEYS = "mid_mask_embed_proj"
+TOWER_WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ot", ".ckpt")
+"""Tower-folder files that hold weights: not needed, `text_encoder.pth` carries every tower weight."""
 
 
 @dataclass(frozen=True)
