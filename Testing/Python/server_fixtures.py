@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import time
 from urllib.parse import urlsplit
 
@@ -30,12 +31,19 @@ def medals_home(tmp_path_factory):
     return home
 
 
-def start_server(medals_home, *args: str) -> ServerProcess:
-    """`medals serve --port 0 --model tiny --device cpu ARGS` with MEDALS_HOME set, started and ready."""
+def start_server(medals_home, *args: str, port: int = 0) -> ServerProcess:
+    """`medals serve --port PORT --model tiny --device cpu ARGS` with MEDALS_HOME set, started and ready."""
     env = {**os.environ, "MEDALS_HOME": str(medals_home)}
-    server = ServerProcess(["--model", "tiny", "--device", "cpu", *args], env=env)
+    server = ServerProcess(["--model", "tiny", "--device", "cpu", *args], port=port, env=env)
     server.start()
     return server
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def random_volume(shape, spacing=(1.5, 1.5, 1.5), seed: int = 0, dtype=np.float32):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import socket
 import threading
 import time
 import zlib
@@ -16,10 +15,9 @@ import zlib
 import numpy as np
 import pytest
 
-from medals.server import wire
-from medals.server.remote import client_module
+from server_fixtures import client, free_port
 
-client = client_module()
+from medals.server import wire
 
 
 def test_client_image_id_matches_the_server_hash():
@@ -89,12 +87,6 @@ def test_connect_names_both_versions_when_the_server_speaks_another_protocol(oth
     with pytest.raises(client.ProtocolMismatch, match="speaks protocol v2 .*this module needs v1 — update the MedalS "
                                                       "Slicer module"):
         client.EngineClient(other_version_server).connect()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_an_engine_that_is_not_running_is_reported_after_the_retries():

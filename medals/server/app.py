@@ -18,7 +18,6 @@ import hmac
 import logging
 import math
 from contextlib import asynccontextmanager
-from http import HTTPStatus
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, Header, Path, Request
@@ -44,6 +43,8 @@ UPLOAD_PATH = f"{API_PREFIX}/images"
 SHAPE_PATTERN = r"^[0-9]{1,9},[0-9]{1,9},[0-9]{1,9}$"
 SPACING_PATTERN = r"^[^,]+,[^,]+,[^,]+$"
 
+# Codes for the errors the framework raises itself (unknown route, wrong method, a body cut off while counting).
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413)}
 BINARY_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
@@ -145,7 +146,7 @@ def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> F
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        code = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        code = HTTP_ERROR_CODES.get(error.status_code, "http_error")
         return JSONResponse({"detail": str(error.detail), "code": code}, status_code=error.status_code,
                             headers=error.headers)
 

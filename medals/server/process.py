@@ -12,13 +12,15 @@ from ..errors import MedalSError
 
 
 class ServerProcess:
-    """A running `medals serve --port 0 ARGS...`; `url` is known once it printed its ready line.
+    """A running `medals serve --port PORT ARGS...`; `url` is known once it printed its ready line.
+
+    `port` 0 (the default) lets the server pick a free port.
 
     Its stdout and stderr are read on a thread (so the pipe never fills) and the last lines kept for errors.
     """
 
-    def __init__(self, args: list[str], startup_timeout: float = 180.0, env: dict | None = None):
-        self.command = [sys.executable, "-m", "medals.cli", "serve", "--port", "0", *args]
+    def __init__(self, args: list[str], port: int = 0, startup_timeout: float = 180.0, env: dict | None = None):
+        self.command = [sys.executable, "-m", "medals.cli", "serve", "--port", str(port), *args]
         self.startup_timeout = startup_timeout
         self.env = env
         self.url: str | None = None
