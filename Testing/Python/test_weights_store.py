@@ -1,6 +1,7 @@
 """The model store ($MEDALS_HOME/models), the engine's model-folder format, and the tiny test model."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from medals.cli import main
 from medals.errors import ModelNotFound, WeightsError
-from medals.weights import list_models, load_model, medals_home, resolve_model
+from medals.weights import list_models, load_model, medals_home, resolve_model, save_model
 from medals.weights.testing import make_tiny_model
 
 
@@ -136,3 +137,15 @@ def test_cli_path_of_unknown_model_fails_in_one_line(tiny, capsys):
     assert main(["weights", "path", "official"]) == ModelNotFound.exit_code
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "no model 'official'" in error and "tiny" in error
+
+
+def test_saving_refuses_a_folder_that_holds_files(tiny):
+    with pytest.raises(WeightsError, match="folder exists and is not empty"):
+        make_tiny_model(tiny)
+
+
+def test_saving_refuses_text_queries_of_another_width_than_the_network(tiny, tmp_path):
+    config = load_model(tiny).config
+    narrow = dataclasses.replace(config, text=dataclasses.replace(config.text, query_dim=16))
+    with pytest.raises(WeightsError, match="text query_dim 16 differs from the coarse network's query_dim 48"):
+        save_model(tmp_path / "new", narrow, {}, {}, tiny / "text_tower")

@@ -1,8 +1,17 @@
 """A tiny random model in the engine's format, for end-to-end tests (server, CLI, Slicer) on a bare machine.
 
+In-process:
+
+    from medals.weights import load_model
     from medals.weights.testing import make_tiny_model
-    folder = make_tiny_model(tmp_path / "tiny")           # a complete model folder, ~1 MB, built in ~1 s
-    model = load_model(folder)                             # or MEDALS_HOME=... with folder in models/<name>/
+    folder = make_tiny_model(tmp_path / "tiny")     # a complete model folder (~2.7 MB), a few seconds
+    model = load_model(folder)                       # by path; nets["coarse"/"fine"], text_encoder
+
+As an installed model, e.g. for a real `medals serve` process started by a test:
+
+    home = tmp_path / "medals_home"
+    make_tiny_model(home / "models" / "tiny")        # then run the process with MEDALS_HOME=<home>
+                                                     # and refer to the model by the name "tiny"
 
 Everything is built in code (no fixture files, no downloads): a 2-layer MPNet text tower of width 32 with a
 small WordPiece vocabulary, and two stages of a narrow Medal S network (crop 32³, token grid 1³). Weights are
