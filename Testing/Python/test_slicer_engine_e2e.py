@@ -14,31 +14,36 @@ from slicer_fixtures import add_volume, oblique_geometry, scene  # noqa: F401
 
 from MedalSLib.client import EngineError, JobCancelled
 from MedalSLib.jobs import Worker
-from MedalSLib.launcher import LocalEngine, engine_command
+from MedalSLib.launcher import engine_command
 from MedalSLib.prompts import painted_masks, segments_by_prompt
 from MedalSLib.results import find_segment, new_segmentation
 from MedalSLib.scene import oriented_image
-from MedalSLib.session import SegmentationSession, from_inclusive
+from MedalSLib.session import EngineChoice, SegmentationSession, from_inclusive
 
 SHAPE = (20, 40, 40)
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def choice(tmp_path_factory) -> EngineChoice:
     from medals.weights.testing import make_tiny_model
     folder = make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
     env = {**os.environ, "MEDALS_HOME": str(tmp_path_factory.mktemp("home"))}
-    local = LocalEngine(engine_command(sys.executable, device="cpu", model=str(folder)), env=env,
-                        startup_timeout_s=300)
-    local.start()
-    yield local
-    local.stop()
+    return EngineChoice(command=tuple(engine_command(sys.executable, device="cpu", model=str(folder))), env=env)
+
+
+@pytest.fixture(scope="module")
+def engine(choice):
+    """The local engine, started through a session as the module starts it; shared by the tests here."""
+    owner = SegmentationSession(None)
+    owner.ensure_engine(choice)
+    yield owner.local_engine
+    owner.stop_local_engine()
 
 
 @pytest.fixture
 def session(scene, engine):
     session = SegmentationSession(scene)
-    session.connect(engine.url, engine.token)
+    session.ensure_engine(EngineChoice(url=engine.url, token=engine.token))
     return session
 
 
@@ -59,6 +64,13 @@ def run_on_worker(session, prepared):
 def segment_mask(segmentation, volume, name):
     return painted_masks(segmentation, segments_by_prompt(segmentation, [name]), volume).get(
         name, np.zeros(SHAPE, np.uint8))
+
+
+def test_a_running_local_engine_is_reused_not_restarted(choice, engine):
+    owner = SegmentationSession(None)
+    owner.local_engine = engine
+    owner.ensure_engine(choice)
+    assert owner.local_engine is engine and engine.running
 
 
 def test_connect_reports_the_engine_and_its_device(session):

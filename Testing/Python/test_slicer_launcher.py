@@ -153,6 +153,15 @@ def test_stop_from_another_thread_ends_a_pending_start(tmp_path):
     assert time.monotonic() - started < 10
 
 
+def test_cancelling_a_pending_start_leaves_no_process(tmp_path):
+    engine = script_engine(tmp_path, "import time; time.sleep(60)")
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    with pytest.raises(EngineStartError, match="cancelled"):
+        engine.start(cancel)
+    assert not engine.running
+
+
 def test_missing_interpreter_is_reported():
     with pytest.raises(EngineStartError, match="cannot run /nonexistent/python"):
         LocalEngine(["/nonexistent/python", "-m", "medals.cli", "serve"]).start()

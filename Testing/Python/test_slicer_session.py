@@ -13,7 +13,7 @@ from MedalSLib.errors import InputError
 from MedalSLib.prompts import painted_masks
 from MedalSLib.results import find_segment, new_segmentation
 from MedalSLib.scene import Box, oriented_image, read_volume
-from MedalSLib.session import (EngineOptions, SegmentationSession, describe_progress, from_inclusive, inclusive,
+from MedalSLib.session import (EngineChoice, EngineOptions, SegmentationSession, describe_progress, from_inclusive, inclusive,
                                labels_over)
 
 SHAPE = (8, 40, 40)
@@ -218,3 +218,8 @@ def test_progress_of_a_queued_job_counts_the_requests_ahead():
 def test_progress_of_a_running_stage_is_its_window_fraction_with_time_left():
     described = describe_progress(progress(stage="fine", done=3, total=12, eta_seconds=27.4))
     assert described.text == "Fine stage: 3 of 12 windows, about 27 s left" and described.fraction == 0.25
+
+
+def test_an_engine_must_be_chosen(session):
+    with pytest.raises(InputError, match="no engine is chosen"):
+        session.ensure_engine(EngineChoice())

@@ -95,11 +95,11 @@ class LocalEngine:
         """The engine's last `lines` lines of output (stdout and stderr together)."""
         return "\n".join(list(self._lines)[-lines:])
 
-    def start(self) -> str:
+    def start(self, cancel: threading.Event | None = None) -> str:
         """Start the engine and wait for its ready line; returns its URL (http://127.0.0.1:PORT).
 
-        Blocks up to `startup_timeout_s` (the model loads first): call it off the GUI thread. `stop()` from
-        another thread ends the wait at once.
+        Blocks up to `startup_timeout_s` (the model loads first): call it off the GUI thread. Setting
+        `cancel`, or `stop()` from another thread, ends the wait at once and leaves no process behind.
         """
         if self.running:
             raise EngineStartError(f"the local engine is already running at {self.url}")
@@ -118,6 +118,9 @@ class LocalEngine:
         self._reader.start()
         deadline = time.monotonic() + self.startup_timeout_s
         while not self._ready.wait(0.1):
+            if cancel is not None and cancel.is_set():
+                self.stop()
+                raise EngineStartError("starting the local engine was cancelled")
             if self._process.poll() is not None:
                 self._reader.join(2.0)
                 last = self.output(5) or "no output"

@@ -17,6 +17,7 @@ import numpy as np
 from .client import EngineClient, ImageRef, JobProgress, SegmentationResult
 from .errors import InputError
 from .jobs import Progress, Request
+from .launcher import LocalEngine
 from .prompts import edited_region, painted_masks, parse_prompts, segments_by_prompt
 from .results import ResultSnapshot, write_results
 from .scene import Box, VolumeGeometry, read_volume, volume_fingerprint, volume_geometry
@@ -49,6 +50,17 @@ class EngineOptions:
         if region is not None:
             options["box"] = inclusive(region)
         return options
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """Which engine to use: a running server at `url` (with its `token`), or a local one started by `command`
+    (see `launcher.engine_command`) in the environment `env` (None: this process's)."""
+
+    url: str = ""
+    token: str = ""
+    command: tuple[str, ...] = ()
+    env: dict | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -127,8 +139,47 @@ class SegmentationSession:
         self._image: tuple[str, ImageRef] | None = None
         self._baselines: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self._undo: list[_UndoEntry] = []
+        self.local_engine: LocalEngine | None = None
 
     # -- engine ----------------------------------------------------------------------------------------------
+
+    def ensure_engine(self, choice: EngineChoice, request: Request | None = None) -> dict:
+        """Be connected to the chosen engine, starting the local one if it is not running; returns its info.
+
+        Worker thread: starting a local engine waits for its model to load. A local engine keeps running
+        between requests and is restarted only when its command changes.
+        """
+        def report(text):
+            if request is not None:
+                request.report(Progress(text))
+
+        if choice.command:
+            if self.local_engine is not None and (self.local_engine.command != list(choice.command)
+                                                  or not self.local_engine.running):
+                self.stop_local_engine()
+            if self.local_engine is None:
+                self.local_engine = LocalEngine(list(choice.command), env=choice.env)
+            if not self.local_engine.running:
+                report("Starting the local engine (the model loads first)")
+                self.local_engine.start(request.cancel_requested if request is not None else None)
+            url, token = self.local_engine.url, self.local_engine.token
+        elif choice.url:
+            url, token = choice.url, choice.token
+        else:
+            raise InputError("no engine is chosen: enter the server's URL, or pick a local engine")
+        if self.client is None or self.client.url != url.rstrip("/") or self.client.token != (token or None):
+            report("Connecting to the engine")
+            self.connect(url, token)
+        return self.info
+
+    def stop_local_engine(self) -> None:
+        """Stop the local engine this session started (if any) and forget the connection to it."""
+        if self.local_engine is None:
+            return
+        if self.client is not None and self.client.url == (self.local_engine.url or "").rstrip("/"):
+            self.disconnect()
+        self.local_engine.stop()
+        self.local_engine = None
 
     def connect(self, url: str, token: str | None = None) -> dict:
         """Connect to the engine at `url` (checks the protocol version); returns its info. Worker thread."""
