@@ -6,8 +6,8 @@ from slicer_fixtures import (add_segmentation, add_volume, finer_geometry, obliq
                              transposed_geometry)
 
 from MedalSLib.errors import InputError
-from MedalSLib.prompts import edited_region, margin_voxels, painted_masks, parse_prompts, segments_by_prompt, \
-    structure_key
+from MedalSLib.prompts import (completion_names, edited_region, margin_voxels, painted_masks, parse_prompts,
+                               replace_line, segments_by_prompt, structure_key)
 from MedalSLib.scene import Box, VolumeGeometry, array_from_oriented_image, oriented_image
 
 
@@ -30,6 +30,16 @@ def test_parse_prompts_keeps_the_first_of_names_repeated_in_another_case():
 
 def test_structure_key_ignores_case_underscores_and_repeated_spaces():
     assert structure_key("Left_Kidney ") == structure_key("left  kidney") == "left kidney"
+
+
+def test_completion_offers_names_and_synonyms_once_each_sorted():
+    vocabulary = {"Liver": ["liver", "hepar", "Liver in CT"], "Left kidney": ["kidney left", "LEFT KIDNEY"]}
+    assert completion_names(vocabulary) == ["hepar", "kidney left", "Left kidney", "Liver", "Liver in CT"]
+
+
+def test_replace_line_changes_only_that_line():
+    assert replace_line("liver\nle\naorta", 1, "left kidney") == "liver\nleft kidney\naorta"
+    assert replace_line("liver\n", 1, "spleen") == "liver\nspleen"
 
 
 def test_segments_match_prompts_by_name(scene):

@@ -13,8 +13,8 @@ from MedalSLib.errors import InputError
 from MedalSLib.prompts import painted_masks
 from MedalSLib.results import find_segment, new_segmentation
 from MedalSLib.scene import Box, oriented_image, read_volume
-from MedalSLib.session import (EngineChoice, EngineOptions, SegmentationSession, describe_progress, from_inclusive, inclusive,
-                               labels_over)
+from MedalSLib.session import (EngineChoice, EngineOptions, SegmentationSession, describe_progress, from_inclusive,
+                               inclusive, labels_over)
 
 SHAPE = (8, 40, 40)
 

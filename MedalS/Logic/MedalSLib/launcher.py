@@ -44,6 +44,12 @@ def engine_command(python: str, device: str | None = None, model: str | None = N
     return command
 
 
+def engine_importable(module: str = ENGINE_MODULE) -> bool:
+    """Whether this Python finds the engine package (found, not imported: importing would load torch)."""
+    importlib.invalidate_caches()
+    return importlib.util.find_spec(module) is not None
+
+
 def engine_version(python: str, env: dict | None = None, timeout_s: float = 120.0) -> str:
     """The `medals` version that `python` imports; EngineStartError with the interpreter's own words otherwise."""
     try:
@@ -177,8 +183,7 @@ class SlicerPythonSetup:
     engine_module: str = ENGINE_MODULE
 
     def engine_installed(self) -> bool:
-        importlib.invalidate_caches()
-        return importlib.util.find_spec(self.engine_module) is not None
+        return engine_importable(self.engine_module)
 
     def ensure_engine(self) -> None:
         """Nothing when the engine is importable; otherwise ask, install torch and the engine, and check."""

@@ -36,6 +36,24 @@ def parse_prompts(text: str) -> list[str]:
     return prompts
 
 
+def completion_names(vocabulary: dict[str, list[str]]) -> list[str]:
+    """Every name and synonym the engine knows, once each (case-insensitively), sorted for a completer."""
+    names = {}
+    for structure, synonyms in vocabulary.items():
+        for name in (structure, *synonyms):
+            names.setdefault(structure_key(name), " ".join(name.split()))
+    return sorted(names.values(), key=str.casefold)
+
+
+def replace_line(text: str, line: int, new: str) -> str:
+    """`text` with its `line`-th line (from 0) replaced by `new`; other lines, and line breaks, untouched."""
+    lines = text.split("\n")
+    if not 0 <= line < len(lines):
+        raise IndexError(f"line {line} is not in a text of {len(lines)} lines")
+    lines[line] = new
+    return "\n".join(lines)
+
+
 def structure_key(name: str) -> str:
     """What two names must share to denote the same structure: "Left_Kidney " and "left  kidney" → "left kidney"."""
     return re.sub(r"[\s_]+", " ", name).strip().casefold()

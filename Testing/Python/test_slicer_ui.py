@@ -1,0 +1,221 @@
+"""The module's panel (MedalS.ui) against the code that uses it, loaded with PySide6 offscreen.
+
+Slicer's own widget classes (ctkCollapsibleButton, qMRMLNodeComboBox, qMRMLSegmentEditorWidget, ...) exist
+only inside Slicer, so small stand-ins of the same class names are registered with QUiLoader; they also give
+the offscreen screenshot its look. MedalS.py itself imports Slicer, so what it looks up is read from its
+source: every `self.ui.<name>`, the parameter node's fields and the combo box choices.
+
+Run this file directly to write the documentation's screenshot: `python Testing/Python/test_slicer_ui.py`.
+"""
+import ast
+import os
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+from slicer_fixtures import MODULE_DIR, REPO_ROOT
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+from PySide6.QtCore import Property, QFile, Qt  # noqa: E402
+from PySide6.QtGui import QPixmap  # noqa: E402
+from PySide6.QtWidgets import (QApplication, QComboBox, QFrame, QGridLayout, QGroupBox, QLabel, QLineEdit,  # noqa: E402
+                               QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtUiTools import QUiLoader  # noqa: E402
+
+from MedalSLib.session import MODALITY_CHOICES  # noqa: E402
+
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedalS.ui"
+MODULE_FILE = MODULE_DIR / "MedalS.py"
+SCREENSHOT = REPO_ROOT / "docs" / "screenshot_panel.png"
+
+
+class ctkCollapsibleButton(QGroupBox):
+    """Stand-in: a titled box (the real one collapses)."""
+
+    def _text(self):
+        return self.title()
+
+    def _setText(self, text):
+        self.setTitle(text)
+
+    def _collapsed(self):
+        return False
+
+    def _setCollapsed(self, collapsed):
+        pass
+
+    text = Property(str, _text, _setText)
+    collapsed = Property(bool, _collapsed, _setCollapsed)
+
+
+class qMRMLWidget(QWidget):
+    """Stand-in: the base of Slicer's scene-aware widgets."""
+
+
+class qMRMLNodeComboBox(QComboBox):
+    """Stand-in: a node selector shows node names."""
+
+
+class ctkPathLineEdit(QLineEdit):
+    """Stand-in: a path field."""
+
+
+class qMRMLSegmentEditorWidget(QFrame):
+    """Stand-in: Slicer's Segment Editor, drawn as its effect buttons."""
+
+    EFFECTS = ("Paint", "Draw", "Erase", "Level tracing", "Grow from seeds", "Scissors", "Islands", "Smoothing")
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setFrameShape(QFrame.StyledPanel)
+        grid = QGridLayout(self)
+        for index, name in enumerate(self.EFFECTS):
+            button = QToolButton(self)
+            button.setText(name)
+            button.setToolButtonStyle(Qt.ToolButtonTextOnly)
+            grid.addWidget(button, index // 4, index % 4)
+
+
+STAND_INS = (ctkCollapsibleButton, qMRMLWidget, qMRMLNodeComboBox, ctkPathLineEdit, qMRMLSegmentEditorWidget)
+
+
+@pytest.fixture(scope="module")
+def app():
+    return QApplication.instance() or QApplication([])
+
+
+def load_panel(app) -> QWidget:
+    loader = QUiLoader()
+    for stand_in in STAND_INS:
+        loader.registerCustomWidget(stand_in)
+    ui_file = QFile(str(UI_FILE))
+    assert ui_file.open(QFile.ReadOnly)
+    panel = loader.load(ui_file)
+    ui_file.close()
+    assert panel is not None, loader.errorString()
+    return panel
+
+
+@pytest.fixture(scope="module")
+def panel(app):
+    return load_panel(app)
+
+
+def module_source() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text())
+
+
+def ui_attributes() -> set[str]:
+    """Every NAME in `self.ui.NAME` in MedalS.py."""
+    return {node.attr for node in ast.walk(module_source())
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"}
+
+
+def module_constant(name: str):
+    for node in module_source().body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"MedalS.py defines no {name}")
+
+
+def parameter_fields() -> set[str]:
+    for node in module_source().body:
+        if isinstance(node, ast.ClassDef) and node.name == "MedalSParameterNode":
+            return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+    raise AssertionError("MedalS.py defines no MedalSParameterNode")
+
+
+def ui_tree() -> ElementTree.Element:
+    return ElementTree.parse(UI_FILE).getroot()
+
+
+def combo_items(name: str) -> list[str]:
+    widget = ui_tree().find(f".//widget[@name='{name}']")
+    return [item.find("property/string").text for item in widget.findall("item")]
+
+
+def test_ui_file_loads_with_slicers_widget_classes(panel):
+    assert type(panel).__name__ == "qMRMLWidget"
+    assert type(panel.findChild(QWidget, "segmentEditorWidget")).__name__ == "qMRMLSegmentEditorWidget"
+    assert type(panel.findChild(QWidget, "inputVolumeSelector")).__name__ == "qMRMLNodeComboBox"
+
+
+def test_every_widget_the_module_looks_up_exists(panel):
+    looked_up = ui_attributes()
+    assert len(looked_up) > 20, "the source scan found too few names to be trusted"
+    missing = sorted(name for name in looked_up if panel.findChild(QWidget, name) is None)
+    assert not missing, f"MedalS.py uses widgets the .ui file lacks: {missing}"
+
+
+def test_widgets_bound_to_parameters_name_fields_of_the_parameter_node():
+    bound = {prop.find("string").text for prop in ui_tree().iter("property")
+             if prop.get("name") == "SlicerParameterName"}
+    fields = parameter_fields()
+    assert bound <= fields, f"bound to unknown parameters: {sorted(bound - fields)}"
+    assert fields - bound == {"seedOverrides"}  # the one parameter edited through the seed table
+
+
+def test_choice_combo_boxes_list_the_modules_choices():
+    assert combo_items("modalityComboBox") == list(module_constant("MODALITY_ITEMS"))
+    assert combo_items("stagesComboBox") == list(module_constant("STAGE_ITEMS"))
+    assert len(combo_items("engineModeComboBox")) == len(module_constant("ENGINE_MODES"))
+
+
+def test_modality_items_are_the_engines_modalities_plus_auto():
+    assert tuple(item.lower() for item in module_constant("MODALITY_ITEMS")) == MODALITY_CHOICES
+
+
+def test_scene_connections_reach_existing_scene_aware_widgets():
+    root = ui_tree()
+    classes = {widget.get("name"): widget.get("class") for widget in root.iter("widget")}
+    connections = root.findall(".//connection")
+    assert {c.find("receiver").text for c in connections} == {
+        name for name, cls in classes.items() if cls in ("qMRMLNodeComboBox", "qMRMLSegmentEditorWidget")}
+    assert all(c.find("slot").text == "setMRMLScene(vtkMRMLScene*)" for c in connections)
+
+
+def fill_example(panel: QWidget) -> None:
+    """What the panel shows mid-session, for the documentation's screenshot."""
+    panel.findChild(QComboBox, "inputVolumeSelector").addItem("CTACardio")
+    panel.findChild(QComboBox, "outputSegmentationSelector").addItem("CTACardio MedalS")
+    panel.findChild(QWidget, "promptsTextEdit").setPlainText("liver\nspleen\nleft kidney\naorta")
+    panel.findChild(QWidget, "progressBar").setValue(60)
+    panel.findChild(QLabel, "statusLabel").setText("Fine stage: 6 of 10 windows, about 4 s left")
+    table = panel.findChild(QWidget, "seedMappingTable")
+    table.setRowCount(4)
+    for row, (prompt, seed) in enumerate((("liver", "liver"), ("spleen", "(no seeds)"), ("left kidney", "left kidney"),
+                                          ("aorta", "(no seeds)"))):
+        table.setItem(row, 0, QTableWidgetItem(prompt))
+        table.setItem(row, 1, QTableWidgetItem(seed))
+    panel.findChild(QLabel, "engineStatusLabel").setText(
+        "Connected to local engine: medals 0.1.0 (protocol v1), model official, on CUDA (cuda:0).")
+    for hidden in ("pythonPathLabel", "pythonPathLineEdit", "serverUrlLabel", "serverUrlLineEdit", "serverTokenLabel",
+                   "serverTokenLineEdit"):
+        panel.findChild(QWidget, hidden).setVisible(False)
+
+
+def render_panel(app, path: Path, width: int = 440) -> QPixmap:
+    panel = load_panel(app)
+    fill_example(panel)
+    panel.resize(width, panel.sizeHint().height())
+    panel.show()
+    app.processEvents()
+    pixmap = panel.grab()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert pixmap.save(str(path))
+    panel.close()
+    return pixmap
+
+
+def test_panel_renders_offscreen(app, tmp_path):
+    pixmap = render_panel(app, tmp_path / "panel.png")
+    image = pixmap.toImage()
+    assert pixmap.width() == 440 and pixmap.height() > 600
+    colours = {image.pixelColor(x, y).name() for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)}
+    assert len(colours) > 10, "the grab is blank"  # text, frames and widgets drawn
+
+
+if __name__ == "__main__":
+    render_panel(QApplication(sys.argv), SCREENSHOT)
+    print(f"wrote {SCREENSHOT.relative_to(REPO_ROOT)}")
