@@ -105,14 +105,38 @@ def list_volume_files(folder) -> list[Path]:
 
 # ----------------------------------------------------------------------------------------------------- reading
 
+# Arrays a challenge npz may hold: the image, the output segmentation, the ground truth.
+NPZ_IMAGE_KEYS, NPZ_LABEL_KEYS = ("imgs",), ("segs", "gts")
+
+
 def read_volume(path) -> Volume:
     """Read one 3-D image (any supported format) into a validated `Volume`."""
+    return _read(path, NPZ_IMAGE_KEYS)
+
+
+def read_labels(path) -> Volume:
+    """Read a 3-D label map (a segmentation or a ground truth) with its geometry; voxels as integers.
+
+    From a challenge npz this is `segs` (an output) or else `gts` (a ground truth).
+    """
+    volume = _read(path, NPZ_LABEL_KEYS)
+    array = volume.array
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        if np.any(array != np.round(array)):
+            raise InputError(f"{path}: is not a label map (it holds non-integer values)")
+        volume.array = array.astype(np.int64)
+    if volume.array.size and volume.array.min() < 0:
+        raise InputError(f"{path}: is not a label map (it holds negative values)")
+    return volume
+
+
+def _read(path, npz_keys: tuple[str, ...]) -> Volume:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     kind = format_of(path)
     if kind == "npz":
-        volume = _read_npz(path)
+        volume = _read_npz(path, npz_keys)
     else:
         volume = _volume_from_itk(_read_dicom_series(path) if kind == "dicom" else _read_itk_file(path, kind), path)
         volume.extras["format"] = kind
@@ -249,20 +273,23 @@ def _read_text_prompts(archive: zipfile.ZipFile, path: Path) -> dict:
     return {str(key): (text.item() if isinstance(text, np.generic) else text) for key, text in prompts.items()}
 
 
-def _read_npz(path: Path) -> Volume:
+def _read_npz(path: Path, keys: tuple[str, ...]) -> Volume:
+    """The first of `keys` present in a challenge npz, with its spacing and prompts."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = {Path(name).stem for name in archive.namelist()}
             prompts = _read_text_prompts(archive, path) if "text_prompts" in members else None
         with np.load(path, allow_pickle=False) as arrays:
-            if "imgs" not in arrays.files:
-                raise InputError(f"{path}: has no 'imgs' array (found {', '.join(arrays.files) or 'nothing'})")
-            image = arrays["imgs"]
+            key = next((k for k in keys if k in arrays.files), None)
+            if key is None:
+                wanted = " or ".join(f"'{k}'" for k in keys)
+                raise InputError(f"{path}: has no {wanted} array (found {', '.join(arrays.files) or 'nothing'})")
+            image = arrays[key]
             stored_spacing = arrays["spacing"] if "spacing" in arrays.files else None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
         raise InputError(f"{path}: is corrupt or truncated ({error})") from None
     if image.ndim != 3:
-        raise InputError(f"{path}: 'imgs' has {image.ndim} dimensions {image.shape}; (D, H, W) is needed")
+        raise InputError(f"{path}: '{key}' has {image.ndim} dimensions {image.shape}; (D, H, W) is needed")
     if stored_spacing is None or np.shape(stored_spacing) != (3,):
         raise InputError(f"{path}: 'spacing' must hold 3 values, found {stored_spacing!r}")
     extras = {"format": "npz"}

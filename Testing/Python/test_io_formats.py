@@ -6,8 +6,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import load_fixture
-from medals.io import (Volume, case_name, kji_spacing_to_npz, list_volume_files, npz_spacing_to_kji, read_volume,
-                       write_labels, write_volume)
+from medals.errors import InputError
+from medals.io import (Volume, case_name, kji_spacing_to_npz, list_volume_files, npz_spacing_to_kji, read_labels,
+                       read_volume, write_labels, write_volume)
 
 
 def oblique_direction() -> np.ndarray:
@@ -157,3 +158,19 @@ def test_list_volume_files_skips_unsupported_and_detached_data(tmp_path):
     write_volume(sample_volume(), tmp_path / "a.nii.gz")
     (tmp_path / "notes.txt").write_text("x")
     assert [p.name for p in list_volume_files(tmp_path)] == ["a.nii.gz", "b.mhd"]
+
+
+def test_read_labels_takes_segs_or_gts_from_npz(tmp_path):
+    gts = np.arange(24, dtype=np.int16).reshape(2, 3, 4) % 3
+    np.savez(tmp_path / "gt.npz", imgs=np.zeros((2, 3, 4), np.uint8), gts=gts, spacing=np.ones(3))
+    np.savez(tmp_path / "pred.npz", segs=gts + 1, spacing=np.ones(3))
+    np.testing.assert_array_equal(read_labels(tmp_path / "gt.npz").array, gts)
+    np.testing.assert_array_equal(read_labels(tmp_path / "pred.npz").array, gts + 1)
+
+
+def test_read_labels_accepts_integral_floats_and_refuses_fractions(tmp_path):
+    write_volume(Volume(np.array([[[0.0, 1.0, 2.0]]], np.float32), (1.0, 1.0, 1.0)), tmp_path / "ok.nrrd")
+    assert read_labels(tmp_path / "ok.nrrd").array.tolist() == [[[0, 1, 2]]]
+    write_volume(Volume(np.array([[[0.0, 0.5]]], np.float32), (1.0, 1.0, 1.0)), tmp_path / "prob.nrrd")
+    with pytest.raises(InputError, match="not a label map"):
+        read_labels(tmp_path / "prob.nrrd")
