@@ -1,0 +1,116 @@
+"""`medals evaluate` through `medals.cli.main`: pairing, grid checks, CSV contents, instance mode."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from medals.cli import main
+from medals.io import Volume, write_labels
+
+SPACING = (2.0, 1.0, 1.0)
+
+
+def image_grid(shape, spacing=SPACING, origin=(0.0, 0.0, 0.0)) -> Volume:
+    """A blank image on the grid the label maps are written on."""
+    return Volume(np.zeros(shape, np.int16), spacing, origin)
+
+
+def two_organs() -> np.ndarray:
+    labels = np.zeros((8, 12, 12), np.uint8)
+    labels[1:5, 2:8, 2:8] = 1
+    labels[5:7, 8:11, 8:11] = 2
+    return labels
+
+
+def write(array, path, **grid):
+    write_labels(array, image_grid(array.shape, **grid), path)
+    return path
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_single_pair_writes_one_row_per_label(tmp_path, capsys):
+    gt = two_organs()
+    pred = gt.copy()
+    pred[pred == 2] = 0
+    code = main(["evaluate", str(write(pred, tmp_path / "p.nii.gz")), str(write(gt, tmp_path / "g.nrrd")),
+                 "--labels", "1=liver", "2=spleen", "-o", str(tmp_path / "m.csv")])
+    assert code == 0
+    rows = read_csv(tmp_path / "m.csv")
+    assert [(r["case"], r["label"], r["name"]) for r in rows] == [("g", "1", "liver"), ("g", "2", "spleen")]
+    assert float(rows[0]["dsc"]) == 1.0 and float(rows[0]["nsd"]) == 1.0
+    assert float(rows[1]["dsc"]) == 0.0 and float(rows[1]["nsd"]) == 0.0
+    out = capsys.readouterr().out
+    assert "liver" in out and "DSC 0.5000" in out
+
+
+def test_folders_are_paired_by_case_name_across_formats(tmp_path):
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    for name in ("a", "b"):
+        write(two_organs(), tmp_path / "gt" / f"{name}.nii.gz")
+        write(two_organs(), tmp_path / "pred" / f"{name}.mha")
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(tmp_path / "m.csv")]) == 0
+    rows = read_csv(tmp_path / "m.csv")
+    assert sorted({r["case"] for r in rows}) == ["a", "b"] and len(rows) == 4  # labels found in the GT
+
+
+def test_missing_prediction_is_named(tmp_path, capsys):
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    write(two_organs(), tmp_path / "gt" / "case7.nrrd")
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(tmp_path / "m.csv")]) == 2
+    assert "case7" in capsys.readouterr().err
+
+
+def test_different_grids_are_refused(tmp_path, capsys):
+    pred = write(two_organs(), tmp_path / "p.nrrd", spacing=(3.0, 1.0, 1.0))
+    gt = write(two_organs(), tmp_path / "g.nrrd")
+    assert main(["evaluate", str(pred), str(gt), "-o", str(tmp_path / "m.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "geometry differs" in err and "(3.0, 1.0, 1.0)" in err
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_different_shapes_are_refused(tmp_path, capsys):
+    pred = write(two_organs()[:-1], tmp_path / "p.nrrd")
+    gt = write(two_organs(), tmp_path / "g.nrrd")
+    assert main(["evaluate", str(pred), str(gt), "-o", str(tmp_path / "m.csv")]) == 2
+    assert "shape" in capsys.readouterr().err
+
+
+def test_challenge_npz_uses_gts_segs_and_prompt_names(tmp_path):
+    gt = two_organs().astype(np.int16)
+    prompts = np.array({"1": "liver in CT", "2": "spleen in CT", "instance_label": 0}, dtype=object)
+    np.savez_compressed(tmp_path / "gt.npz", gts=gt, spacing=np.array([1.0, 1.0, 2.0]))
+    np.savez_compressed(tmp_path / "pred.npz", segs=gt, spacing=np.array([1.0, 1.0, 2.0]), text_prompts=prompts)
+    assert main(["evaluate", str(tmp_path / "pred.npz"), str(tmp_path / "gt.npz"), "-o", str(tmp_path / "m.csv")]) == 0
+    rows = read_csv(tmp_path / "m.csv")
+    assert [r["name"] for r in rows] == ["liver in CT", "spleen in CT"]
+    assert all(float(r["nsd"]) == 1.0 for r in rows)
+
+
+def test_instance_mode_scores_components(tmp_path, capsys):
+    gt = np.zeros((4, 10, 30), np.uint8)
+    gt[:, 2:6, 2:6] = 1
+    gt[:, 2:6, 12:16] = 2
+    pred = (gt == 1).astype(np.uint8)  # finds one of the two instances
+    pred[:, 2:6, 22:26] = 1           # and one false positive
+    code = main(["evaluate", str(write(pred, tmp_path / "p.nrrd")), str(write(gt, tmp_path / "g.nrrd")),
+                 "--instance", "-o", str(tmp_path / "i.csv")])
+    assert code == 0
+    (row,) = read_csv(tmp_path / "i.csv")
+    assert (row["tp"], row["fp"], row["fn"]) == ("1", "1", "1")
+    assert float(row["f1"]) == pytest.approx(0.5) and float(row["dsc_tp"]) == 1.0
+    assert "F1 0.5000" in capsys.readouterr().out
+
+
+def test_bad_label_argument(tmp_path, capsys):
+    gt = write(two_organs(), tmp_path / "g.nrrd")
+    assert main(["evaluate", str(gt), str(gt), "--labels", "liver", "-o", str(tmp_path / "m.csv")]) == 2
+    assert "--labels" in capsys.readouterr().err
