@@ -30,9 +30,9 @@ DEEP_HEADS = "mid_mask_embed_proj."
 
 
 @dataclass
-class InitialModel:
-    """Text encoder (and the folder of its tower), stage configs (networks without deep supervision) and the stage
-    networks to train (with deep supervision)."""
+class TrainingModel:
+    """The parts a run trains, in place: text encoder (and the folder of its tower), stage configs (networks without
+    deep supervision) and the stage networks (with deep supervision)."""
 
     text_encoder: TextEncoder
     tower_folder: Path
@@ -58,7 +58,7 @@ def training_net(plan: NetConfig) -> MedalSNet:
     return net
 
 
-def _fresh(config: TrainConfig) -> InitialModel:
+def _fresh(config: TrainConfig) -> TrainingModel:
     tower_folder = tower_folder_of(config.text_tower)
     torch.manual_seed(config.seed)
     text_encoder = TextEncoder(config.text, tower_folder)
@@ -67,10 +67,10 @@ def _fresh(config: TrainConfig) -> InitialModel:
         plan = dataclasses.replace(stage.net, deep_supervision=False)
         stages[name] = StageConfig(plan, stage.target_spacing)
         nets[name] = training_net(plan)
-    return InitialModel(text_encoder, tower_folder, stages, nets)
+    return TrainingModel(text_encoder, tower_folder, stages, nets)
 
 
-def _fine_tuned(config: TrainConfig) -> InitialModel:
+def _fine_tuned(config: TrainConfig) -> TrainingModel:
     loaded = load_model(config.init_from)
     model_name = loaded.config.name
     if config.text is not None and config.text != loaded.config.text:
@@ -94,10 +94,10 @@ def _fine_tuned(config: TrainConfig) -> InitialModel:
         if unexpected or any(not key.startswith(DEEP_HEADS) for key in missing):
             raise WeightsError(f"stage {name} of model {model_name!r} does not fit its own plan")
     text_encoder = loaded.text_encoder
-    return InitialModel(text_encoder, loaded.path / TOWER_DIR, stages, nets)
+    return TrainingModel(text_encoder, loaded.path / TOWER_DIR, stages, nets)
 
 
-def initial_model(config: TrainConfig) -> InitialModel:
+def initial_model(config: TrainConfig) -> TrainingModel:
     """The model training starts from, every part on the CPU in float32."""
     model = _fine_tuned(config) if config.init_from else _fresh(config)
     model.text_encoder.to("cpu")
@@ -109,7 +109,7 @@ def inference_state(net: MedalSNet) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in net.state_dict().items() if not k.startswith(DEEP_HEADS)}
 
 
-def export_model(folder: Path, config: TrainConfig, model: InitialModel) -> Path:
+def export_model(folder: Path, config: TrainConfig, model: TrainingModel) -> Path:
     """Write the (trained) networks and text encoder of `model` as a model folder, replacing `folder` whole.
 
     Written beside the target first, so an interrupted export never leaves a half-written model.

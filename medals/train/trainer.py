@@ -25,7 +25,7 @@ from .checkpoint import CHECKPOINT_FILE, check_resumable, load_checkpoint, save_
 from .config import TrainConfig
 from .dataset import Dataset, load_dataset
 from .distributed import Processes, barrier, mean_over_processes, start, stop
-from .initial import export_model, initial_model
+from .initial import TrainingModel, export_model, initial_model
 from .loss import deep_supervision_loss
 from .schedule import learning_rate
 from .segmenter import Segmenter, tower_features
@@ -36,7 +36,8 @@ MODEL_DIR = "model"
 
 @dataclass
 class TrainResult:
-    """What a run did: the steps it ran (first, end), the mean loss of each logged window, where it wrote."""
+    """What a run did: the steps it ran (first, end), the mean loss of each logged window, where it wrote, and
+    the trained model itself."""
 
     first_step: int
     end_step: int
@@ -44,6 +45,7 @@ class TrainResult:
     checkpoint: Path
     model_folder: Path | None
     seconds: float
+    model: TrainingModel
 
 
 def step_seed(*numbers: int) -> int:
@@ -183,7 +185,7 @@ def _run(config: TrainConfig, stored: dict | None, processes: Processes, max_ste
             f"{models_dir() / config.name} to install it as {config.name!r})")
     barrier(processes)
     return TrainResult(first_step, max(end, first_step), logged, checkpoint_path, model_folder,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, model)
 
 
 def _report(output: Path, log, done: int, total: int, means: torch.Tensor, stages: list[str], lr: float,
