@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from typing import Annotated
 
 import qt
@@ -38,7 +39,7 @@ ENGINE_MODES = ("slicer", "python", "remote")
 """In the order of the engine combo box: local in Slicer's Python, local in another Python, remote server."""
 NO_SEEDS = "(no seeds)"
 SETTINGS = "MedalS/"
-PROGRESS_DELAY_MS = 300
+PROGRESS_DELAY_S = 0.3
 """Requests faster than this never flash a progress bar."""
 
 
@@ -96,6 +97,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._request = None
+        self._requestStarted = 0.0
         self._onRequestDone = None
         self._observedSegmentation = None
         self._seedTableKey = None
@@ -158,12 +160,17 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         self.initializeParameterNode()
+        self.ui.segmentEditorWidget.setupViewObservations()
 
     def exit(self):
+        # Leave no painting effect active in the views once the user works in another module.
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.removeViewObservations()
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
+        self.session.forget_results()
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
@@ -256,15 +263,14 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _submit(self, work, action, onDone):
         self._request = self.worker.submit(work, action)
         self._onRequestDone = onDone
-        self._requestTimer = qt.QElapsedTimer()
-        self._requestTimer.start()
+        self._requestStarted = time.monotonic()
         self._setBusy(True)
         self.pollTimer.start()
 
     def onPoll(self):
         request = self._request
         if not request.finished.is_set():
-            if self._requestTimer.elapsed() >= PROGRESS_DELAY_MS:
+            if time.monotonic() - self._requestStarted >= PROGRESS_DELAY_S:
                 self.ui.progressBar.visible = True
                 fraction = request.progress.fraction
                 self.ui.progressBar.setRange(0, 0 if fraction is None else 100)
@@ -289,7 +295,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _setBusy(self, busy):
         self.ui.cancelButton.enabled = busy
         if not busy:
-            self.ui.progressBar.visible = False  # shown by onPoll once a request outlasts PROGRESS_DELAY_MS
+            self.ui.progressBar.visible = False  # shown by onPoll once a request outlasts PROGRESS_DELAY_S
         for button in (self.ui.startEngineButton, self.ui.stopEngineButton, self.ui.testConnectionButton):
             button.enabled = not busy
         self._updateButtons()

@@ -176,6 +176,12 @@ def test_undo_with_nothing_to_undo_says_so(session):
         session.undo()
 
 
+def test_forgetting_results_empties_the_undo_stack(session, volume, segmentation):
+    session.apply(session.prepare_segment(volume, segmentation, "liver"), result_of(organ()))
+    session.forget_results()
+    assert not session.can_undo and find_segment(segmentation, "liver") is not None
+
+
 def test_result_for_a_volume_changed_meanwhile_is_refused(session, volume, segmentation):
     request = session.prepare_segment(volume, segmentation, "liver")
     slicer.util.arrayFromVolume(volume)[0, 0, 0] += 1

@@ -283,6 +283,11 @@ class SegmentationSession:
         else:
             self._baselines[entry.baseline_key] = entry.baseline_before
 
+    def forget_results(self) -> None:
+        """Drop the undo stack and the last results (the scene they belong to is being closed)."""
+        self._undo.clear()
+        self._baselines.clear()
+
     # -- helpers -----------------------------------------------------------------------------------------------
 
     def _prepare(self, mode, volume_node, segmentation_node, prompt_text, modality, options) -> PreparedRequest:
