@@ -8,7 +8,7 @@ from slicer_fixtures import (add_segmentation, add_volume, finer_geometry, obliq
 from MedalSLib.errors import InputError
 from MedalSLib.prompts import (completion_names, edited_region, margin_voxels, painted_masks, parse_prompts,
                                replace_line, segments_by_prompt, structure_key)
-from MedalSLib.scene import Box, VolumeGeometry, array_from_oriented_image, oriented_image
+from MedalSLib.scene import Box, VolumeGeometry, oriented_image
 
 
 def paint(segmentation_node, name: str, mask: np.ndarray, geometry: VolumeGeometry) -> str:

@@ -20,7 +20,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from PySide6.QtCore import Property, QFile, Qt  # noqa: E402
 from PySide6.QtGui import QPixmap  # noqa: E402
 from PySide6.QtWidgets import (QApplication, QComboBox, QFrame, QGridLayout, QGroupBox, QLabel, QLineEdit,  # noqa: E402
-                               QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
+                               QTableWidgetItem, QToolButton, QWidget)
 from PySide6.QtUiTools import QUiLoader  # noqa: E402
 
 from MedalSLib.session import MODALITY_CHOICES  # noqa: E402
