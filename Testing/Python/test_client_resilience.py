@@ -23,7 +23,7 @@ def test_an_engine_killed_mid_job_is_reported_as_lost_with_the_job(medals_home):
         wait_until(lambda: engine.status(job.job_id).done >= 1)
         server.kill()
         with pytest.raises(client.EngineUnavailable) as error:
-            engine.wait(job.job_id, poll_interval=0.05)
+            engine.wait(job.job_id)
     finally:
         server.stop()
     message = str(error.value)

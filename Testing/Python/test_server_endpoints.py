@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 import zlib
 from urllib.parse import urlsplit
 
@@ -182,7 +183,7 @@ def test_a_streamed_oversized_upload_is_cut_off_while_counting_without_memory_gr
 def test_a_text_job_returns_the_in_process_labels_over_its_box_with_statistics(engine, in_process_model):
     image = random_volume((16, 24, 24), spacing=(3, 3, 3), seed=10)
     progress = []
-    result = engine.segment(image, PROMPTS, modality="ct", progress=progress.append, poll_interval=0.05)
+    result = engine.segment(image, PROMPTS, modality="ct", progress=progress.append)
     expected = in_process_labels(in_process_model, image, PROMPTS)
     assert result.box == expected.box and np.array_equal(result.full_labels(), expected.labels)
     assert result.stats[1]["name"] == "liver" and result.stats[2]["voxels"] == expected.stats[2]["voxels"]
@@ -223,13 +224,33 @@ def test_status_reports_queue_position_while_another_job_runs(engine):
     assert engine.wait(waiting.job_id).state == "succeeded"
 
 
+def test_a_long_poll_answers_when_the_job_changes_not_at_its_timeout(engine):
+    image = random_volume((16, 96, 96), seed=25, dtype=np.uint8)
+    job = engine.submit(image, PROMPTS, modality="ct", options=LONG_JOB)
+    try:
+        first = engine.status(job.job_id)
+        start = time.monotonic()
+        changed = engine.status(job.job_id, wait=10, after=first.version)
+        assert changed.version > first.version and time.monotonic() - start < 8
+    finally:
+        engine.cancel(job.job_id)
+
+
+def test_a_long_poll_on_a_finished_job_waits_out_its_timeout(engine):
+    image = random_volume((8, 8, 8), spacing=(3, 3, 3), seed=26)
+    finished = engine.wait(engine.submit(image, PROMPTS, modality="ct").job_id)
+    start = time.monotonic()
+    assert engine.status(finished.job_id, wait=0.3, after=finished.version).version == finished.version
+    assert time.monotonic() - start >= 0.3
+
+
 def test_cancel_stops_a_running_job_within_one_window(engine):
     image = random_volume((16, 96, 96), seed=15, dtype=np.uint8)
     job = engine.submit(image, PROMPTS, modality="ct", options=LONG_JOB)
     wait_until(lambda: engine.status(job.job_id).done >= 1)
     done_at_cancel = engine.cancel(job.job_id).done
     with pytest.raises(client.JobCancelled):
-        engine.wait(job.job_id, poll_interval=0.05)
+        engine.wait(job.job_id)
     final = engine.status(job.job_id)
     assert final.state == "cancelled" and final.done <= done_at_cancel + 1 < final.total
 
@@ -239,7 +260,7 @@ def test_setting_the_cancel_event_cancels_the_job_being_waited_for(engine):
     cancel = threading.Event()
     with pytest.raises(client.JobCancelled):
         engine.segment(image, PROMPTS, modality="ct", options=LONG_JOB, cancel=cancel,
-                       progress=lambda state: cancel.set() if state.done >= 1 else None, poll_interval=0.05)
+                       progress=lambda state: cancel.set() if state.done >= 1 else None)
 
 
 def test_two_clients_at_once_both_finish_with_their_own_results(server, in_process_model):
@@ -250,7 +271,7 @@ def test_two_clients_at_once_both_finish_with_their_own_results(server, in_proce
     def run(index):
         own = client.EngineClient(server.url, TOKEN)
         own.connect()
-        results[index] = own.segment(images[index], prompts[index], modality="ct", poll_interval=0.05)
+        results[index] = own.segment(images[index], prompts[index], modality="ct")
 
     threads = [threading.Thread(target=run, args=(index,)) for index in (0, 1)]
     for thread in threads:

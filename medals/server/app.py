@@ -6,7 +6,7 @@
     POST /v1/images                 binary body (zlib of little-endian voxels) + X-Medals-* geometry headers
     GET  /v1/images/{image_id}      is this image still cached? (404 → upload again)
     POST /v1/jobs                   JobRequest → JobStatus (queued)
-    GET  /v1/jobs/{job_id}          JobStatus: state, queue position, stage, windows done/total, ETA
+    GET  /v1/jobs/{job_id}          JobStatus: state, queue position, stage, windows done/total, ETA (long poll)
     POST /v1/jobs/{job_id}/cancel   stops the job within one window
     GET  /v1/jobs/{job_id}/labels   binary body: zlib of int16 labels over the result box
 
@@ -20,7 +20,7 @@ import math
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, Header, Path, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -40,6 +40,7 @@ log = logging.getLogger("medals.server")
 HEALTH_PATH = "/health"
 PUBLIC_PATHS = (HEALTH_PATH, f"{API_PREFIX}/openapi.json")
 UPLOAD_PATH = f"{API_PREFIX}/images"
+MAX_WAIT_SECONDS = 10.0
 SHAPE_PATTERN = r"^[0-9]{1,9},[0-9]{1,9},[0-9]{1,9}$"
 SPACING_PATTERN = r"^[^,]+,[^,]+,[^,]+$"
 
@@ -109,7 +110,7 @@ def validation_message(error: RequestValidationError) -> str:
 
 
 def job_status(job: Job, queue: JobQueue) -> dict:
-    return {"job_id": job.id, "state": job.state, "queue_position": queue.position(job), "stage": job.stage,
+    return {"job_id": job.id, "version": job.version, "state": job.state, "queue_position": queue.position(job), "stage": job.stage,
             "done": job.done, "total": job.total, "message": job.message, "eta_seconds": job.eta_seconds(),
             "error": error_body(job.error) if job.error is not None else None,
             "result": job.result.info if job.state == SUCCEEDED else None}
@@ -203,8 +204,16 @@ def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> F
         return job_status(job, queue)
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobStatus, responses=ERRORS)
-    def get_job(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)]):
-        return job_status(queue.get(job_id), queue)
+    def get_job(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)],
+                wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Long poll: seconds to wait "
+                                             "for the job to change past version `after` before answering")] = 0,
+                after: Annotated[int | None, Query(ge=0, description="The last version seen (default: the "
+                                                                     "current one)")] = None):
+        """The job's state and progress; with `wait`, answered as soon as it changes (no busy polling)."""
+        job = queue.get(job_id)
+        if wait:
+            job.wait_for_change(job.version if after is None else after, wait)
+        return job_status(job, queue)
 
     @app.post(f"{API_PREFIX}/jobs/{{job_id}}/cancel", response_model=JobStatus, responses=ERRORS)
     def cancel_job(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)]):

@@ -33,6 +33,9 @@ class Job:
         self.result: Any = None
         self.error: MedalSError | None = None
         self.cancel = threading.Event()
+        self.version = 0
+        """Counts every change a client could see (state, progress, queue position), for long polls."""
+        self._change = threading.Condition()
         self._stage_started = time.monotonic()
 
     def report(self, stage: str, done: int, total: int, message: str = "") -> None:
@@ -40,6 +43,18 @@ class Job:
         if stage != self.stage:
             self._stage_started = time.monotonic()
         self.stage, self.done, self.total, self.message = stage, int(done), int(total), message
+        self.changed()
+
+    def changed(self) -> None:
+        """Wake the clients waiting for this job to change."""
+        with self._change:
+            self.version += 1
+            self._change.notify_all()
+
+    def wait_for_change(self, after: int, timeout: float) -> None:
+        """Return once `version` passed `after`, or after `timeout` seconds."""
+        with self._change:
+            self._change.wait_for(lambda: self.version > after, timeout)
 
     def eta_seconds(self) -> float | None:
         """Seconds left in the current stage at its mean pace so far; None before its first window ends."""
@@ -129,6 +144,7 @@ class JobQueue:
     def _finish(self, job: Job, state: str) -> None:
         """Under the lock: record the end state and forget the oldest finished jobs past `max_finished`."""
         job.state = state
+        job.changed()
         self._finished.append(job)
         while len(self._finished) > self.max_finished:
             old = self._finished.popleft()
@@ -148,6 +164,8 @@ class JobQueue:
                     return
                 job = self._waiting.popleft()
                 job.state = RUNNING
+                for moved in [job, *self._waiting]:  # its state, and everyone's queue position, changed
+                    moved.changed()
             state, result, error = self._execute(job)
             with self._condition:
                 job.result, job.error = result, error

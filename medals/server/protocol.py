@@ -156,6 +156,7 @@ class ResultInfo(Strict):
 
 class JobStatus(Strict):
     job_id: str
+    version: int = Field(description="Grows with every visible change; pass it as `after` to wait for the next")
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     queue_position: int | None = Field(description="Jobs that start before this one; null once it started")
     stage: str

@@ -99,9 +99,13 @@ def image_header(dtype: str, shape, spacing) -> bytes:
 
 @dataclass(frozen=True)
 class JobProgress:
-    """One poll of a job: state, queue position while queued, and windows done/total of the current stage."""
+    """One poll of a job: state, queue position while queued, and windows done/total of the current stage.
+
+    `version` grows with every change the server saw; waiting for a change past it is a long poll.
+    """
 
     job_id: str
+    version: int
     state: str
     queue_position: int | None
     stage: str
@@ -258,31 +262,35 @@ class EngineClient:
             reply = self._request("POST", "/v1/jobs", body, headers)
         return JobProgress.from_body(reply.json())
 
-    def status(self, job_id: str) -> JobProgress:
-        return JobProgress.from_body(self._request("GET", f"/v1/jobs/{quote(job_id)}").json())
+    def status(self, job_id: str, wait: float = 0.0, after: int | None = None) -> JobProgress:
+        """The job now; with `wait` > 0 the server answers as soon as it changes past version `after` (or the
+        version it has now), at the latest after `wait` seconds (at most 10)."""
+        query = f"?wait={wait:g}" + (f"&after={after}" if after is not None else "") if wait else ""
+        return JobProgress.from_body(self._request("GET", f"/v1/jobs/{quote(job_id)}{query}").json())
 
     def cancel(self, job_id: str) -> JobProgress:
         """Ask the engine to stop the job; it ends within one window."""
         return JobProgress.from_body(self._request("POST", f"/v1/jobs/{quote(job_id)}/cancel").json())
 
     def wait(self, job_id: str, progress: Callable[[JobProgress], None] | None = None,
-             cancel: threading.Event | None = None, poll_interval: float = 0.2) -> JobProgress:
-        """Poll until the job finishes; `progress` sees every poll, setting `cancel` cancels the job.
+             cancel: threading.Event | None = None, poll_interval: float = 0.5) -> JobProgress:
+        """Follow the job until it finishes; `progress` sees each change, setting `cancel` cancels the job.
 
-        Raises JobCancelled, EngineError (the job's own error), or EngineUnavailable when the engine stops
-        answering mid-job.
+        Each poll waits on the server for the next change (a long poll, no busy polling) for at most
+        `poll_interval` seconds, which also bounds how late a set `cancel` is noticed. Raises JobCancelled,
+        EngineError (the job's own error), or EngineUnavailable when the engine stops answering mid-job.
         """
-        cancel_sent = False
+        cancel_sent, version = False, None
         while True:
             if cancel is not None and cancel.is_set() and not cancel_sent:
                 self._during_job(job_id, self.cancel, job_id)
                 cancel_sent = True
-            state = self._during_job(job_id, self.status, job_id)
+            state = self._during_job(job_id, self.status, job_id, poll_interval, version)
+            version = state.version
             if progress is not None:
                 progress(state)
             if state.state in FINISHED_STATES:
                 break
-            time.sleep(poll_interval)
         if state.state == "cancelled":
             raise JobCancelled(f"job {job_id} was cancelled", 409, "cancelled")
         if state.state == "failed":
@@ -309,7 +317,7 @@ class EngineClient:
     def segment(self, image: ImageRef, prompts, *, modality: str | None = None, masks: dict | None = None,
                 mode: str | None = None, options: dict | None = None,
                 progress: Callable[[JobProgress], None] | None = None, cancel: threading.Event | None = None,
-                poll_interval: float = 0.2) -> SegmentationResult:
+                poll_interval: float = 0.5) -> SegmentationResult:
         """Submit, wait and fetch: the whole request in one call (see `submit` and `wait`)."""
         job = self.submit(image, prompts, modality=modality, masks=masks, mode=mode, options=options)
         return self.result(self.wait(job.job_id, progress, cancel, poll_interval))
