@@ -216,8 +216,14 @@ def test_engine_vocabulary_synonym_resolves_to_its_structure():
     assert "^10200004^Liver" in segment_appearance("hepar", {"Liver": ["hepar", "liver in CT"]}).terminology
 
 
-def test_lesion_named_after_its_organ_is_a_neoplasm():
-    assert "^108369006^Neoplasm" in segment_appearance("liver tumour").terminology
+def test_lesion_named_after_its_organ_takes_its_kind_from_the_last_word():
+    assert "^367643001^Cyst" in segment_appearance("kidney cyst").terminology
+
+
+def test_unknown_names_get_the_same_colour_as_the_engine_gives_them():
+    from medals.vocabulary import hashed_color as engine_color
+    for name in ("cochlear duct", "Left_Hippocampus", "lung nodule"):
+        assert tuple(round(channel * 255) for channel in hashed_color(name)) == engine_color(name)
 
 
 def test_unknown_structure_gets_a_stable_colour_from_its_name():

@@ -211,9 +211,10 @@ def test_new_segmentation_follows_the_volume(scene, volume):
 
 
 def progress(**fields) -> JobProgress:
+    """A job poll as the client reads it from the engine's JSON body."""
     base = dict(job_id="j", state="running", queue_position=None, stage="coarse", done=0, total=0, message="",
                 eta_seconds=None)
-    return JobProgress(**{**base, **fields})
+    return JobProgress.from_body({**base, **fields})
 
 
 def test_progress_of_a_queued_job_counts_the_requests_ahead():

@@ -1,7 +1,7 @@
 """Prompts and painted seeds: the text the user typed, and the segments that carry their spatial hints.
 
 A prompt is one structure name ("liver", "left kidney"). A painted segment is matched to the prompt of the
-same name (ignoring case, underscores and repeated spaces) unless the user mapped it explicitly. Masks come
+same name (ignoring case, punctuation and repeated spaces) unless the user mapped it explicitly. Masks come
 back on the input volume's own voxel grid, (k, j, i), resampled from the segmentation's geometry when the two
 differ.
 """
@@ -55,8 +55,9 @@ def replace_line(text: str, line: int, new: str) -> str:
 
 
 def structure_key(name: str) -> str:
-    """What two names must share to denote the same structure: "Left_Kidney " and "left  kidney" → "left kidney"."""
-    return re.sub(r"[\s_]+", " ", name).strip().casefold()
+    """What two names must share to denote the same structure: lower case, runs of anything but letters and
+    digits as one space ("Left_Kidney " and "left-kidney" → "left kidney"), as the engine's vocabulary does."""
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", name.lower()).split())
 
 
 def segments_by_prompt(segmentation_node, prompts: list[str], overrides: dict[str, str] | None = None) \

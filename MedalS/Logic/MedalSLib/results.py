@@ -26,7 +26,8 @@ ANATOMY = ("SCT", "123037004", "Anatomical Structure")
 ALTERED = ("SCT", "49755003", "Morphologically Altered Structure")
 LATERALITY = {"left": ("SCT", "7771000", "Left"), "right": ("SCT", "24028007", "Right")}
 
-# Common structures: display colour (0–255, close to Slicer's anatomy colours) and SNOMED CT category and type.
+# Common structures as Slicer's "General Anatomy" terminology lists them: recommended display colour (0–255),
+# SNOMED CT category and type. Left/right variants take the same type with a laterality modifier.
 KNOWN_STRUCTURES = {
     "liver": ((221, 130, 101), ANATOMY, ("SCT", "10200004", "Liver")),
     "spleen": ((157, 108, 162), ANATOMY, ("SCT", "78961009", "Spleen")),
@@ -35,34 +36,28 @@ KNOWN_STRUCTURES = {
     "stomach": ((216, 132, 105), ANATOMY, ("SCT", "69695003", "Stomach")),
     "gallbladder": ((139, 150, 98), ANATOMY, ("SCT", "28231008", "Gallbladder")),
     "aorta": ((224, 97, 76), ANATOMY, ("SCT", "15825003", "Aorta")),
-    "inferior vena cava": ((0, 151, 206), ANATOMY, ("SCT", "64131007", "Inferior vena cava")),
-    "portal vein": ((0, 122, 171), ANATOMY, ("SCT", "32764006", "Portal vein")),
     "lung": ((197, 165, 145), ANATOMY, ("SCT", "39607008", "Lung")),
     "heart": ((206, 110, 84), ANATOMY, ("SCT", "80891009", "Heart")),
-    "myocardium": ((196, 95, 80), ANATOMY, ("SCT", "74281007", "Myocardium")),
     "brain": ((250, 250, 225), ANATOMY, ("SCT", "12738006", "Brain")),
-    "urinary bladder": ((222, 154, 132), ANATOMY, ("SCT", "89837001", "Urinary bladder")),
+    "urinary bladder": ((222, 154, 132), ANATOMY, ("SCT", "89837001", "Bladder")),
     "esophagus": ((211, 171, 143), ANATOMY, ("SCT", "32849002", "Esophagus")),
     "duodenum": ((255, 253, 229), ANATOMY, ("SCT", "38848004", "Duodenum")),
-    "small intestine": ((205, 167, 142), ANATOMY, ("SCT", "30315005", "Small intestine")),
+    "small intestine": ((205, 167, 142), ANATOMY, ("SCT", "30315005", "Small Intestine")),
     "colon": ((204, 168, 143), ANATOMY, ("SCT", "71854001", "Colon")),
-    "rectum": ((204, 142, 178), ANATOMY, ("SCT", "34402009", "Rectum")),
     "prostate": ((230, 158, 140), ANATOMY, ("SCT", "41216001", "Prostate")),
-    "uterus": ((213, 141, 113), ANATOMY, ("SCT", "35039007", "Uterus")),
+    "uterus": ((255, 181, 158), ANATOMY, ("SCT", "35039007", "Uterus")),
     "adrenal gland": ((249, 186, 150), ANATOMY, ("SCT", "23451007", "Adrenal gland")),
-    "thyroid gland": ((220, 180, 140), ANATOMY, ("SCT", "69748006", "Thyroid gland")),
+    "thyroid gland": ((62, 162, 114), ANATOMY, ("SCT", "69748006", "Thyroid")),
     "spinal cord": ((244, 214, 49), ANATOMY, ("SCT", "2748008", "Spinal cord")),
     "trachea": ((182, 228, 255), ANATOMY, ("SCT", "44567001", "Trachea")),
-    "femur": ((255, 238, 170), ANATOMY, ("SCT", "71341001", "Femur")),
-    "neoplasm": ((144, 238, 144), ALTERED, ("SCT", "108369006", "Neoplasm")),
-    "lesion": ((144, 238, 144), ALTERED, ("SCT", "52988006", "Lesion")),
-    "nodule": ((128, 222, 110), ALTERED, ("SCT", "27925004", "Nodule")),
-    "cyst": ((120, 200, 230), ALTERED, ("SCT", "441457006", "Cyst")),
+    "white matter": ((250, 250, 210), ANATOMY, ("SCT", "389080008", "White Matter")),
+    "gray matter": ((200, 200, 235), ANATOMY, ("SCT", "389081007", "Gray Matter")),
+    "cyst": ((205, 205, 100), ALTERED, ("SCT", "367643001", "Cyst")),
     "mass": ((144, 238, 144), ALTERED, ("SCT", "4147007", "Mass")),
 }
-SYNONYMS = {"tumor": "neoplasm", "tumour": "neoplasm", "gall bladder": "gallbladder", "bladder": "urinary bladder",
-            "oesophagus": "esophagus", "ivc": "inferior vena cava", "thyroid": "thyroid gland",
-            "adrenal": "adrenal gland", "small bowel": "small intestine"}
+SYNONYMS = {"bladder": "urinary bladder", "gall bladder": "gallbladder", "oesophagus": "esophagus",
+            "thyroid": "thyroid gland", "adrenal": "adrenal gland", "small bowel": "small intestine",
+            "grey matter": "gray matter"}
 
 
 @dataclass(frozen=True)
@@ -77,8 +72,8 @@ def segment_appearance(name: str, vocabulary: dict[str, list[str]] | None = None
     """Colour and terminology for a structure name; unknown names get a stable colour hashed from the name.
 
     `vocabulary` is the engine's (structure name → synonyms): a prompt that is one of the synonyms is looked
-    up under its structure's name. "left kidney" is Kidney with the Left modifier; "liver tumour" falls back
-    on its last word (Neoplasm) when the whole name is not known.
+    up under its structure's name. "left kidney" is Kidney with the Left modifier; "kidney cyst" falls back on
+    its last word (Cyst) when the whole name is not known.
     """
     key = _canonical(name, vocabulary)
     words = key.split(" ")
@@ -93,10 +88,12 @@ def segment_appearance(name: str, vocabulary: dict[str, list[str]] | None = None
 
 
 def hashed_color(name: str) -> tuple[float, float, float]:
-    """A colour (RGB, 0–1) that depends only on the structure name, the same in every session."""
-    digest = hashlib.sha256(structure_key(name).encode()).digest()
-    hue = int.from_bytes(digest[:4], "big") / 2 ** 32
-    return colorsys.hsv_to_rgb(hue, 0.55, 0.85)
+    """A colour (RGB, 0–1) fixed by the structure name: the same in every session, and the same as the engine's
+    `medals.vocabulary.hashed_color` gives the name (MD5 of the name's `structure_key`)."""
+    digest = hashlib.md5(structure_key(name).encode("utf-8")).digest()
+    hue = int.from_bytes(digest[:2], "big") / 65536
+    rgb = colorsys.hsv_to_rgb(hue, 0.45 + 0.3 * digest[2] / 255, 0.75 + 0.2 * digest[3] / 255)
+    return tuple(round(channel * 255) / 255 for channel in rgb)
 
 
 def _canonical(name: str, vocabulary: dict[str, list[str]] | None) -> str:
