@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (QApplication, QComboBox, QFrame, QGridLayout, QGr
                                QTableWidgetItem, QToolButton, QWidget)
 from PySide6.QtUiTools import QUiLoader  # noqa: E402
 
-from MedalSLib.session import MODALITY_CHOICES  # noqa: E402
+from MedalSLib.session import MODALITY_CHOICES, STAGE_CHOICES  # noqa: E402
 
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedalS.ui"
 MODULE_FILE = MODULE_DIR / "MedalS.py"
@@ -164,6 +164,10 @@ def test_choice_combo_boxes_list_the_modules_choices():
 
 def test_modality_items_are_the_engines_modalities_plus_auto():
     assert tuple(item.lower() for item in module_constant("MODALITY_ITEMS")) == MODALITY_CHOICES
+
+
+def test_stage_items_are_the_stage_lists_the_engine_accepts():
+    assert tuple(module_constant("STAGE_ITEMS").values()) == STAGE_CHOICES
 
 
 def test_scene_connections_reach_existing_scene_aware_widgets():
