@@ -9,7 +9,7 @@ from . import __version__
 from .errors import MedalSError
 
 # Modules that contribute subcommands: each has `register(subparsers)` and sets `func` on its parsers.
-COMMAND_MODULES = ("medals.weights.cli", "medals.cli_info", "medals.cli_serve", "medals.cli_evaluate",
+COMMAND_MODULES = ("medals.weights.cli", "medals.cli_info", "medals.cli_serve", "medals.bench", "medals.cli_evaluate",
                    "medals.cli_train")
 
 

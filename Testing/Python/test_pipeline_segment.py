@@ -139,6 +139,11 @@ def test_coarse_only_model_returns_the_coarse_labels():
     assert set(np.unique(result.labels)) <= {1, 2} and result.labels.all()
 
 
+def test_modality_is_detected_from_the_prompts_when_not_given():
+    result = segment(model(None, True), image(), SPACING, [Prompt("liver in MRI", 1)], device="cpu")
+    assert result.modality == "mri"
+
+
 def test_progress_reports_every_window_of_every_stage_in_order():
     _, events = run(model(False, True), volume=image((16, 48, 32)))
     assert [(e.stage, e.done, e.total) for e in events] == [("coarse", 1, 2), ("coarse", 2, 2),

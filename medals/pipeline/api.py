@@ -11,9 +11,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config import MODALITIES
 from ..device import pick_device
-from ..errors import InputError
+from ..errors import InputError, OutOfMemory
+from ..modality import detect_modality
 from .labels import instance_labels, keep_largest_components
 from .prompting import random_permutation
 from .request import MAX_LABEL, ProgressEvent, Prompt, SegmentOptions, SegmentResult
@@ -97,19 +97,6 @@ def _check_options(options: SegmentOptions, installed) -> tuple[str, ...]:
     return stages
 
 
-def _modality(modality: str | None, prompts: list[Prompt], image: np.ndarray) -> str:
-    if modality is None:
-        try:
-            from ..modality import detect_modality
-        except ImportError:
-            raise InputError(f"the modality is required; one of {MODALITIES}") from None
-        return detect_modality([p.text for p in prompts], image)
-    name = str(modality).strip().lower()
-    if name not in MODALITIES:
-        raise InputError(f"unknown modality {modality!r}; one of {MODALITIES}")
-    return name
-
-
 def _statistics(labels: np.ndarray, confidence: np.ndarray, names: dict[int, str], spacing) -> dict[int, dict]:
     """label → name, voxel count, volume in ml, mean winning-class probability over its voxels."""
     flat = labels.ravel().astype(np.int64)
@@ -131,7 +118,9 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, modalit
     """Segment the structures named by `prompts` in a (k, j, i) image on the 0–255 scale.
 
     model: a loaded model (`config.stages`, `nets` by stage name, `text_encoder.encode(texts, modality)`);
-    spacing: (k, j, i) in mm; masks: optional user masks by label value, (k, j, i) on the image grid, used as
+    spacing: (k, j, i) in mm; modality: a modality name (aliases accepted), else detected from the prompts'
+    keywords and the image (`medals.modality`); masks: optional user masks by label value, (k, j, i) on the
+    image grid, used as
     spatial prompts (hybrid mode); progress: called once per window per stage; cancel: checked between windows
     (raises Cancelled); device: "cuda", "cpu", a torch.device or None (auto). Raises InputError on a bad request.
     """
@@ -140,7 +129,7 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, modalit
     masks = _check_masks(masks, label_values, image.shape)
     box = _check_box(options.box, image.shape)
     stage_names = _check_options(options, model.nets)
-    modality = _modality(modality, prompts, image)
+    modality = detect_modality([p.text for p in prompts], image, explicit=modality)
     device = device if isinstance(device, torch.device) else pick_device(device)
 
     stages = {name: StageModel(model.nets[name].to(device).eval(), model.config.stages[name])
@@ -153,11 +142,15 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, modalit
                  image.shape)
     index = box_slices(region)
     execution = Execution(device, options.window_batch, random_permutation(0), progress, cancel)
-    result = segment_volume(image[index], repaired, label_values, queries, stages,
-                            masks={v: m[index] for v, m in masks.items()},
-                            merge_masks_with_coarse=options.merge_masks_with_coarse,
-                            refine_iterations=options.refine_iterations, clean_coarse=not options.instance,
-                            class_probabilities=options.probabilities, execution=execution)
+    try:
+        result = segment_volume(image[index], repaired, label_values, queries, stages,
+                                masks={v: m[index] for v, m in masks.items()},
+                                merge_masks_with_coarse=options.merge_masks_with_coarse,
+                                refine_iterations=options.refine_iterations, clean_coarse=not options.instance,
+                                class_probabilities=options.probabilities, execution=execution)
+    except torch.OutOfMemoryError:
+        raise OutOfMemory(f"{device} ran out of memory while resampling or assembling labels; free the device from "
+                          "other jobs, segment a box, or run on the CPU (--device cpu)") from None
 
     origin = region[0::2]
     computed = box if box is not None else shift_box(result.region, origin)

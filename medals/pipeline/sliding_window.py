@@ -40,7 +40,7 @@ class Execution:
             self.progress(ProgressEvent(stage, done, total, f"{stage} stage: window {done}/{total}"))
 
 
-def _window_logits(net, queries: torch.Tensor, image: torch.Tensor, prompt: torch.Tensor | None,
+def window_logits(net, queries: torch.Tensor, image: torch.Tensor, prompt: torch.Tensor | None,
                    label_values: torch.Tensor, refine_iterations: int, execution: Execution) -> torch.Tensor:
     """Logits (B,N,*crop) of a batch of windows: image (B,1,*crop), prompt label map (B,*crop) or None."""
 
@@ -87,7 +87,7 @@ def stage_probabilities(net, queries: torch.Tensor, image: torch.Tensor, windows
         prompts = None if prompt is None else torch.stack([prompt[w] for w in group]).to(device)
         try:
             with autocast(device):
-                logits = _window_logits(net, queries, patches, prompts, values, refine_iterations, execution)
+                logits = window_logits(net, queries, patches, prompts, values, refine_iterations, execution)
         except torch.OutOfMemoryError:
             raise OutOfMemory(f"{device} ran out of memory in the {stage} stage; use window_batch=1, free the "
                               "device from other jobs, or run on the CPU (--device cpu)") from None

@@ -104,9 +104,9 @@ def run_stage(model: StageModel, queries: torch.Tensor, image: np.ndarray, spaci
     del working_image, working_prompt
     unpadded = probabilities[(slice(None), *plan.unpadded)]
     labels, confidence = assemble_labels(unpadded, label_values)
-    output = StageOutput(plan, _to_array(resample_labels(labels, plan.input_shape)),
-                         _to_array(resample_probability(confidence, plan.input_shape)))
+    output = StageOutput(plan, _to_array(resample_labels(labels.to(device), plan.input_shape)),
+                         _to_array(resample_probability(confidence.to(device), plan.input_shape)))
     if class_probabilities:
-        output.class_probabilities = np.stack([_to_array(resample_probability(p, plan.input_shape))
+        output.class_probabilities = np.stack([_to_array(resample_probability(p.to(device), plan.input_shape))
                                                for p in unpadded])
     return output
