@@ -1,0 +1,18 @@
+"""`medals bench prompts` on a small window: every row measured, the summary's last line as documented."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from medals.cli import main
+
+
+@pytest.mark.slow  # about a minute: 21 official-width forwards in 4 child processes
+def test_bench_prompts_reports_each_mode_and_class_count_and_ends_with_the_ratio(capsys):
+    assert main(["bench", "prompts", "--crop", "32", "32", "32", "--classes", "2", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [line.split() for line in lines if line.startswith(("unprompted ", "prompted "))]
+    assert [(row[0], row[1]) for row in rows] == [("unprompted", "2"), ("prompted", "2")]
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 and float(row[5]) > 0 for row in rows)
+    assert re.fullmatch(r"2 classes: \d+\.\dx", lines[-1])
