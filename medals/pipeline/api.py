@@ -17,7 +17,7 @@ from ..modality import detect_modality
 from .labels import instance_labels, keep_largest_components
 from .prompting import random_permutation
 from .request import MAX_LABEL, ProgressEvent, Prompt, SegmentOptions, SegmentResult
-from .roi import Box, box_slices, grow_box, minimum_half_range, shift_box
+from .roi import Box, box_slices, grow_box, minimum_half_range, shift_box, whole_box
 from .sliding_window import Execution
 from .stage import StageModel
 from .two_stage import COARSE, FINE, segment_volume
@@ -120,9 +120,9 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, modalit
     model: a loaded model (`config.stages`, `nets` by stage name, `text_encoder.encode(texts, modality)`);
     spacing: (k, j, i) in mm; modality: a modality name (aliases accepted), else detected from the prompts'
     keywords and the image (`medals.modality`); masks: optional user masks by label value, (k, j, i) on the
-    image grid, used as
-    spatial prompts (hybrid mode); progress: called once per window per stage; cancel: checked between windows
-    (raises Cancelled); device: "cuda", "cpu", a torch.device or None (auto). Raises InputError on a bad request.
+    image grid, used as spatial prompts (hybrid mode); progress: called once per window per stage; cancel:
+    checked between windows (raises Cancelled); device: "cuda", "cpu", a torch.device or None (auto).
+    Raises InputError on a bad request, OutOfMemory when the device runs out of memory.
     """
     spacing = _check_image(image, spacing)
     label_values = _check_prompts(prompts)
@@ -137,7 +137,7 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, modalit
     with torch.no_grad():
         queries = model.text_encoder.encode([p.text for p in prompts], modality).float()
     repaired = repair_spacing(image.shape, spacing)
-    region = (0, image.shape[0] - 1, 0, image.shape[1] - 1, 0, image.shape[2] - 1) if box is None else \
+    region = whole_box(image.shape) if box is None else \
         grow_box(box, minimum_half_range(image.shape, repaired, stages[stage_names[-1]].config, len(prompts)),
                  image.shape)
     index = box_slices(region)

@@ -42,6 +42,11 @@ def roi_box(foreground: np.ndarray, min_half_range, margin: float = ROI_MARGIN) 
     return tuple(box)
 
 
+def whole_box(shape) -> Box:
+    """The box covering a whole (k, j, i) grid."""
+    return (0, shape[0] - 1, 0, shape[1] - 1, 0, shape[2] - 1)
+
+
 def box_slices(box: Box) -> tuple[slice, slice, slice]:
     """Index of an inclusive box."""
     return tuple(slice(box[2 * a], box[2 * a + 1] + 1) for a in range(3))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .labels import remove_small_components
-from .roi import Box, box_slices, minimum_half_range, roi_box
+from .roi import Box, box_slices, minimum_half_range, roi_box, whole_box
 from .sliding_window import Execution
 from .stage import StageModel, StageOutput, run_stage
 
@@ -45,10 +45,6 @@ def paint_masks(labels: np.ndarray | None, masks: dict[int, np.ndarray], shape) 
     for value, mask in masks.items():
         painted[np.asarray(mask, dtype=bool)] = value
     return painted
-
-
-def _whole(shape) -> Box:
-    return (0, shape[0] - 1, 0, shape[1] - 1, 0, shape[2] - 1)
 
 
 def _pasted(output: StageOutput, region: Box, shape, class_probabilities: bool) -> VolumeSegmentation:
@@ -84,7 +80,7 @@ def segment_volume(image: np.ndarray, spacing, label_values, queries: torch.Tens
         prompt = paint_masks(None, masks, shape) if masks else None
         output = run_stage(coarse, queries, image, spacing, label_values, prompt, name=COARSE,
                            class_probabilities=class_probabilities, **common)
-        return _pasted(output, _whole(shape), shape, class_probabilities)
+        return _pasted(output, whole_box(shape), shape, class_probabilities)
 
     prompt = None
     if coarse is not None and (not masks or merge_masks_with_coarse):
@@ -96,7 +92,7 @@ def segment_volume(image: np.ndarray, spacing, label_values, queries: torch.Tens
     if prompt is None or not prompt.any():
         output = run_stage(fine, queries, image, spacing, label_values, name=FINE,
                            class_probabilities=class_probabilities, **common)
-        return _pasted(output, _whole(shape), shape, class_probabilities)
+        return _pasted(output, whole_box(shape), shape, class_probabilities)
     region = roi_box(prompt > 0, minimum_half_range(shape, spacing, fine.config, len(label_values)))
     index = box_slices(region)
     output = run_stage(fine, queries, image[index], spacing, label_values, prompt[index], name=FINE,
