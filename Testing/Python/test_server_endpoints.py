@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 import zlib
@@ -16,7 +17,10 @@ import pytest
 from server_fixtures import (TOKEN, client, medals_home, random_volume, raw_request, resident_bytes,  # noqa: F401
                              start_server, wait_until)
 
-from medals.pipeline import Prompt, SegmentOptions, segment
+from medals.errors import InputError, MedalSError
+from medals.pipeline import Prompt, SegmentOptions, SegmentResult, segment
+from medals.server.remote import segment_remote
+from medals.vocabulary import lookup
 from medals.weights import load_model
 
 PROMPTS = [("liver", 1), ("left kidney", 2)]
@@ -70,7 +74,7 @@ def test_health_reports_protocol_and_engine_versions(engine):
 def test_info_reports_device_model_vocabulary_and_limits(engine):
     info = engine.info()
     assert info["device"]["device"] == "cpu" and info["model"] == "tiny" and info["installed_models"] == ["tiny"]
-    assert isinstance(info["vocabulary"], dict) and "ct" in info["modalities"]
+    assert info["vocabulary"]["liver"] == list(lookup("liver").synonyms) and "ct" in info["modalities"]
     assert info["limits"]["max_upload_bytes"] == int(MAX_UPLOAD_MB * 2 ** 20) and info["limits"]["max_prompts"] == 4
 
 
@@ -176,6 +180,18 @@ def test_a_streamed_oversized_upload_is_cut_off_while_counting_without_memory_gr
         connection.close()
     assert (status, answer["code"]) == (413, "payload_too_large")
     assert resident_bytes(pid) - before < 16 << 20
+
+
+def test_a_client_hanging_up_mid_upload_leaves_the_server_answering_with_a_clean_log(server, engine):
+    image = random_volume((8, 8, 8), seed=27)
+    head = "".join(f"{name}: {value}\r\n" for name, value in upload_headers(image).items())
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port)) as connection:
+        connection.sendall(f"POST /v1/images HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Length: 100000\r\n"
+                           f"{head}\r\n".encode() + image.compressed()[:10])
+    time.sleep(1.0)  # the server notices the hang-up when it next reads the body
+    assert engine.health()["protocol"] == 1
+    assert not [line for line in server.lines if "Traceback" in line]
 
 
 # -- jobs ----------------------------------------------------------------------------------------------------
@@ -347,3 +363,30 @@ def test_no_cors_headers_are_sent_to_a_browser_origin(server):
     status, _, headers = raw_request(server.url, "OPTIONS", "/v1/info", headers={
         "Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
     assert status in (401, 405) and not any(name.startswith("access-control-") for name in headers)
+
+
+# -- `medals segment --server`: the engine behind a URL, called like pipeline.segment ----------------------------
+
+def test_segment_remote_returns_the_in_process_result_on_the_whole_grid(server, in_process_model):
+    image = random_volume((16, 24, 24), spacing=(3, 3, 3), seed=28)
+    prompts = [Prompt(text, label) for text, label in PROMPTS]
+    events = []
+    result = segment_remote(server.url, image.array, image.spacing, prompts, token=TOKEN, modality="ct",
+                            progress=events.append)
+    expected = in_process_labels(in_process_model, image, PROMPTS)
+    assert isinstance(result, SegmentResult) and result.probabilities is None and result.modality == "ct"
+    assert np.array_equal(result.labels, expected.labels) and result.box == expected.box
+    assert events and events[-1].done == events[-1].total
+
+
+def test_segment_remote_reports_a_refused_request_as_an_input_error(server):
+    image = random_volume((8, 8, 8), seed=29)
+    with pytest.raises(InputError, match="options.box"):
+        segment_remote(server.url, image.array, image.spacing, [Prompt("liver", 1)], token=TOKEN, modality="ct",
+                       options=SegmentOptions(box=(0, 9, 0, 1, 0, 1)))
+
+
+def test_segment_remote_reports_an_unreachable_engine_in_one_line():
+    with pytest.raises(MedalSError, match="cannot reach the engine at http://127.0.0.1:9"):
+        segment_remote("http://127.0.0.1:9", np.zeros((2, 2, 2), np.uint8), (1, 1, 1), [Prompt("liver", 1)],
+                       retries=0)

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import MedalSError
@@ -110,8 +111,9 @@ def validation_message(error: RequestValidationError) -> str:
 
 
 def job_status(job: Job, queue: JobQueue) -> dict:
-    return {"job_id": job.id, "version": job.version, "state": job.state, "queue_position": queue.position(job), "stage": job.stage,
-            "done": job.done, "total": job.total, "message": job.message, "eta_seconds": job.eta_seconds(),
+    return {"job_id": job.id, "version": job.version, "state": job.state, "queue_position": queue.position(job),
+            "stage": job.stage, "done": job.done, "total": job.total, "message": job.message,
+            "eta_seconds": job.eta_seconds(), "run_seconds": job.run_seconds(),
             "error": error_body(job.error) if job.error is not None else None,
             "result": job.result.info if job.state == SUCCEEDED else None}
 
@@ -134,7 +136,6 @@ def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> F
                   openapi_url=f"{API_PREFIX}/openapi.json",
                   description=f"Medal S text-prompted 3D segmentation, protocol v{PROTOCOL_VERSION}. Arrays in "
                               "numpy (k, j, i) order, spacing in mm in the same order, boxes inclusive.")
-    app.state.cache, app.state.queue, app.state.engine = cache, queue, engine
     app.add_middleware(Guard, token=token, limits=limits)
 
     @app.exception_handler(MedalSError)
@@ -185,8 +186,11 @@ def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> F
             raise PayloadTooLarge(f"image of {voxels} voxels is over this server's limit of {limits.max_voxels}")
         cache.check_fits(voxels * wire_type.itemsize)
         inflater = wire.ExactInflater(voxels * wire_type.itemsize, "image body")
-        async for chunk in request.stream():
-            inflater.feed(chunk)
+        try:
+            async for chunk in request.stream():
+                inflater.feed(chunk)
+        except ClientDisconnect:
+            return Response(status_code=400)  # the client hung up mid-body: nobody is left to read an answer
         image = await run_in_threadpool(finish_upload, inflater, dtype, dims, mm)
         cache.put(image)
         return image.describe()

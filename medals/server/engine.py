@@ -14,6 +14,7 @@ from ..device import describe, pick_device
 from ..errors import InputError, ModelNotFound
 from ..pipeline import segment
 from ..pipeline.request import Prompt, SegmentOptions
+from ..vocabulary import default_vocabulary
 from ..weights import list_models, load_model
 from . import wire
 from .cache import CachedImage
@@ -115,6 +116,11 @@ def check_options(request: JobRequest, shape) -> SegmentOptions:
                           window_batch=options.window_batch)
 
 
+def prompt_vocabulary() -> dict[str, list[str]]:
+    """Every structure name the engine knows → its synonyms, for clients to complete and recognise prompts."""
+    return {entry.name: list(entry.synonyms) for entry in default_vocabulary().entries}
+
+
 class Engine:
     """One model kept loaded on `device`, described for the info endpoint and run by the job queue."""
 
@@ -128,11 +134,12 @@ class Engine:
         installed = [model.name for model in list_models()]
         if name_or_path is None:
             if len(installed) != 1:
-                raise ModelNotFound(f"name the model to serve with --model (installed: {', '.join(installed) or 'none'})")
+                raise ModelNotFound("name the model to serve with --model (installed: "
+                                    f"{', '.join(installed) or 'none'})")
             name_or_path = installed[0]
         torch_device = pick_device(device)
         model = load_model(name_or_path, torch_device)
-        return cls(model, model.config.name, torch_device, installed, vocabulary={})
+        return cls(model, model.config.name, torch_device, installed, prompt_vocabulary())
 
     def describe(self) -> dict:
         """The info endpoint's engine part: device and its memory now, models, modalities, vocabulary."""

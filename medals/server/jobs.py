@@ -37,6 +37,14 @@ class Job:
         """Counts every change a client could see (state, progress, queue position), for long polls."""
         self._change = threading.Condition()
         self._stage_started = time.monotonic()
+        self.started: float | None = None
+        self.finished: float | None = None
+
+    def run_seconds(self) -> float | None:
+        """Seconds the job has run (final once it finished); None while it waits."""
+        if self.started is None:
+            return None
+        return round((self.finished or time.monotonic()) - self.started, 3)
 
     def report(self, stage: str, done: int, total: int, message: str = "") -> None:
         """Progress from the job function: `done` of `total` windows of `stage` are finished."""
@@ -144,6 +152,8 @@ class JobQueue:
     def _finish(self, job: Job, state: str) -> None:
         """Under the lock: record the end state and forget the oldest finished jobs past `max_finished`."""
         job.state = state
+        if job.started is not None:
+            job.finished = time.monotonic()
         job.changed()
         self._finished.append(job)
         while len(self._finished) > self.max_finished:
@@ -163,7 +173,7 @@ class JobQueue:
                     self._waiting.clear()
                     return
                 job = self._waiting.popleft()
-                job.state = RUNNING
+                job.state, job.started = RUNNING, time.monotonic()
                 for moved in [job, *self._waiting]:  # its state, and everyone's queue position, changed
                     moved.changed()
             state, result, error = self._execute(job)

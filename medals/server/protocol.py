@@ -121,8 +121,9 @@ class OptionsBody(Strict):
     refine_iterations: int = Field(0, ge=0, le=8, description="Self-refinement passes per window")
     instance: bool = Field(False, description="Instance task: number each prompt's connected components")
     keep_largest: bool = Field(False, description="Keep only the largest connected component of each label")
-    merge_masks_with_coarse: bool = Field(True, description="Hybrid mode: painted masks are drawn over the coarse "
-                                                            "labels as the fine stage's prompt (else they replace them)")
+    merge_masks_with_coarse: bool = Field(True, description="Hybrid mode: painted masks are drawn over the "
+                                                            "coarse labels as the fine stage's prompt (else they "
+                                                            "replace them)")
     box: Box | None = Field(None, description="Recompute only this region, e.g. around an edit")
     window_batch: int = Field(1, ge=1, le=64, description="Windows per network forward")
 
@@ -130,7 +131,8 @@ class OptionsBody(Strict):
 class JobRequest(Strict):
     image_id: str = Field(pattern=IMAGE_ID_PATTERN)
     prompts: list[PromptBody] = Field(min_length=1)
-    modality: Literal[MODALITIES] | None = Field(None, description="None: inferred from the prompt text")  # type: ignore[valid-type]
+    modality: Literal[MODALITIES] | None = Field(  # type: ignore[valid-type]
+        None, description="None: inferred from the prompt text (and the image)")
     masks: dict[str, MaskBody] = Field(default_factory=dict, description="label value (as text) → painted mask")
     mode: Literal["text", "hybrid"] = Field("text", description="text: prompts only; hybrid: with painted masks")
     options: OptionsBody = Field(default_factory=OptionsBody)
@@ -164,5 +166,7 @@ class JobStatus(Strict):
     total: int = Field(description="Windows of the current stage")
     message: str
     eta_seconds: float | None = Field(description="Seconds left in the current stage at its pace so far")
+    run_seconds: float | None = Field(description="Seconds the job has run (final once finished); null while "
+                                                  "it waits")
     error: ErrorBody | None
     result: ResultInfo | None

@@ -56,12 +56,13 @@ def options_body(options: SegmentOptions) -> dict:
 def segment_remote(url: str, image: np.ndarray, spacing, prompts: list[Prompt], *, token: str | None = None,
                    modality: str | None = None, masks: dict[int, np.ndarray] | None = None,
                    options: SegmentOptions = SegmentOptions(), progress: Callable[[ProgressEvent], None] | None = None,
-                   cancel: threading.Event | None = None, timeout: float = 60.0) -> SegmentResult:
+                   cancel: threading.Event | None = None, timeout: float = 60.0, retries: int = 3) -> SegmentResult:
     """`pipeline.segment` run by the engine at `url`: image (k, j, i), spacing in mm (k, j, i), masks as label →
     (k, j, i) uint8 on the image grid. Returns labels on the whole grid; `probabilities` is always None.
 
     Errors come back as MedalSError subclasses (InputError for a refused request, Cancelled, OutOfMemory, or
-    MedalSError when the engine cannot be reached or speaks another protocol).
+    MedalSError when the engine cannot be reached or speaks another protocol). `timeout` bounds each socket
+    operation in seconds; `retries` is how often a dropped connection is tried again.
     """
     client = client_module()
 
@@ -70,7 +71,7 @@ def segment_remote(url: str, image: np.ndarray, spacing, prompts: list[Prompt], 
         progress(ProgressEvent(state.stage or state.state, state.done, state.total, message))
 
     try:
-        engine = client.EngineClient(url, token, timeout=timeout)
+        engine = client.EngineClient(url, token, timeout=timeout, retries=retries)
         engine.connect()
         result = engine.segment(client.ImageRef.of(image, spacing), [(p.text, p.label) for p in prompts],
                                 modality=modality, masks=masks, options=options_body(options),

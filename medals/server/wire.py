@@ -95,7 +95,8 @@ class ExactInflater:
             raise InputError(f"{self.what} is truncated: it inflates to {self.filled} of the {len(self.buffer)} bytes "
                              "its dtype and shape describe")
         if self._inflater.unused_data:
-            raise InputError(f"{self.what} has {len(self._inflater.unused_data)} bytes after the end of its zlib stream")
+            raise InputError(f"{self.what} has {len(self._inflater.unused_data)} bytes after the end of its zlib "
+                             "stream")
         return self.buffer
 
 

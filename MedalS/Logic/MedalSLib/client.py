@@ -113,6 +113,7 @@ class JobProgress:
     total: int
     message: str
     eta_seconds: float | None
+    run_seconds: float | None = None
     error: dict | None = None
     result: dict | None = None
 
