@@ -164,3 +164,11 @@ def test_old_finished_jobs_are_forgotten_past_the_retention_bound(windows):
     with pytest.raises(JobNotFound):
         queue.get(jobs[0].id)
     assert queue.get(jobs[-1].id) is jobs[-1]
+
+
+def test_a_finished_job_lets_go_of_its_payload_but_keeps_its_result(windows):
+    function, queue = windows
+    job = queue.submit(1)
+    function.release.release()
+    wait_for(lambda: job.state == SUCCEEDED)
+    assert job.payload is None and job.result is not None

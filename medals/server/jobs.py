@@ -85,6 +85,7 @@ class JobQueue:
         self.max_finished = max_finished
         self._jobs: dict[str, Job] = {}
         self._waiting: deque[Job] = deque()
+        self._running: Job | None = None
         self._finished: deque[Job] = deque()
         self._by_request: dict[str, str] = {}
         self._condition = threading.Condition()
@@ -118,14 +119,14 @@ class JobQueue:
     def length(self) -> int:
         """Jobs waiting or running now."""
         with self._condition:
-            return len(self._waiting) + sum(1 for _ in self._running_or_none())
+            return len(self._waiting) + (self._running is not None)
 
     def position(self, job: Job) -> int | None:
         """How many jobs (the running one included) start before this one; None once it has started."""
         with self._condition:
             if job.state != QUEUED:
                 return None
-            return sum(1 for _ in self._running_or_none()) + self._waiting.index(job)
+            return (self._running is not None) + self._waiting.index(job)
 
     def cancel(self, job_id: str) -> Job:
         """Ask a job to stop. A queued job is cancelled now; a running one at its next window."""
@@ -141,17 +142,17 @@ class JobQueue:
         """Cancel everything and stop the worker (waits up to `timeout` s for the running job's next window)."""
         with self._condition:
             self._closed = True
-            for job in list(self._waiting) + list(self._running_or_none()):
+            for job in [*self._waiting, *([self._running] if self._running else [])]:
                 job.cancel.set()
             self._condition.notify_all()
         self._worker.join(timeout)
 
-    def _running_or_none(self):
-        return (job for job in self._jobs.values() if job.state == RUNNING)
-
     def _finish(self, job: Job, state: str) -> None:
-        """Under the lock: record the end state and forget the oldest finished jobs past `max_finished`."""
-        job.state = state
+        """Under the lock: record the end state and forget the oldest finished jobs past `max_finished`.
+
+        The payload goes at once: it holds the image, which must not outlive its eviction from the cache.
+        """
+        job.state, job.payload = state, None
         if job.started is not None:
             job.finished = time.monotonic()
         job.changed()
@@ -172,13 +173,13 @@ class JobQueue:
                         self._finish(job, CANCELLED)
                     self._waiting.clear()
                     return
-                job = self._waiting.popleft()
+                job = self._running = self._waiting.popleft()
                 job.state, job.started = RUNNING, time.monotonic()
                 for moved in [job, *self._waiting]:  # its state, and everyone's queue position, changed
                     moved.changed()
             state, result, error = self._execute(job)
             with self._condition:
-                job.result, job.error = result, error
+                job.result, job.error, self._running = result, error, None
                 self._finish(job, state)
 
     def _execute(self, job: Job) -> tuple[str, Any, MedalSError | None]:
