@@ -33,7 +33,7 @@ LONG_JOB = {"stages": ["fine"], "refine_iterations": 2}
 @pytest.fixture(scope="module")
 def server(medals_home):  # noqa: F811
     process = start_server(medals_home, "--token", TOKEN, "--cache-mb", str(CACHE_MB), "--max-upload-mb",
-                           str(MAX_UPLOAD_MB), "--max-prompts", "4")
+                           str(MAX_UPLOAD_MB), "--max-prompts", "4", "--max-voxels", "200000")
     yield process
     process.stop()
 
@@ -143,6 +143,13 @@ def test_nan_voxels_are_refused_with_400_naming_their_count(server):
     image = client.ImageRef.of(array, (1, 1, 1))
     status, answer, _ = raw_request(server.url, "POST", "/v1/images", image.compressed(), upload_headers(image))
     assert status == 400 and answer["detail"] == "image has 1 NaN or infinite voxels"
+
+
+def test_an_image_over_the_voxel_limit_is_refused_with_413_before_its_body_is_read(server):
+    image = random_volume((8, 8, 8))
+    status, answer, _ = raw_request(server.url, "POST", "/v1/images", image.compressed(),
+                                    upload_headers(image, **{"X-Medals-Shape": "100,100,100"}))
+    assert status == 413 and answer["detail"] == "image of 1000000 voxels is over this server's limit of 200000"
 
 
 def test_an_upload_declaring_an_oversized_body_is_refused_with_413_before_it_is_sent(server):
