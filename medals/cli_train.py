@@ -15,10 +15,7 @@ def run_train(args) -> int:
     config = load_config(args.config)
     if args.output:
         config = dataclasses.replace(config, output=Path(args.output))
-    result = train(config, resume=args.resume, device=args.device, max_steps=args.max_steps)
-    minutes = result.seconds / 60
-    if result.model_folder is not None:
-        print(f"trained steps {result.first_step}..{result.end_step} in {minutes:.1f} min; model: {result.model_folder}")
+    train(config, resume=args.resume, device=args.device, max_steps=args.max_steps)
     return 0
 
 

@@ -12,7 +12,7 @@ from medals.train.dataset import load_dataset
 from medals.train.intensity import IntensityAugmentation, augment_intensity
 from medals.train.spatial import (QUARTER_TURNS, Placement, SpatialAugmentation, cut_patch, plan_placement,
                                   random_transform, roi_region)
-from train_fixtures import BALL, LEFT, RIGHT, SHELL, TOY_SPACING, toy_labels, write_toy_dataset
+from train_fixtures import BALL, SHELL, TOY_SPACING, toy_labels, write_toy_dataset
 
 IDENTITY = torch.eye(3, dtype=torch.float64)
 

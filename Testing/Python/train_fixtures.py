@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
+from transformers import AutoConfig, AutoModel
 
 from medals.io import Volume, write_labels, write_volume
 
@@ -18,11 +20,14 @@ BALL, SHELL, LEFT, RIGHT = 1, 2, 3, 4
 
 
 def write_tiny_tower(parity: Path, folder: Path) -> Path:
-    """The parity tiny MPNet's tokenizer with a 32-wide, 1-layer config (random weights: no weight file)."""
+    """The parity tiny MPNet's tokenizer with a 32-wide, 1-layer config and seeded random weights saved beside it
+    (a tower folder with its weights, like the packaged MiniLM)."""
     shutil.copytree(parity / "tiny_mpnet", folder)
     config = json.loads((folder / "config.json").read_text())
     config.update(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=1)
     (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    AutoModel.from_config(AutoConfig.from_pretrained(folder)).save_pretrained(folder)
     return folder
 
 

@@ -4,6 +4,7 @@
 {"name": "medals-demo", "description": "...",
  "dataset": "build/demo-data",            folder with dataset.json (relative paths: from the working directory)
  "output": "runs/demo",                   checkpoint, log and the exported model folder
+ "model_card": "configs/demo-model-card.md",   optional Markdown copied into the model folder as MODEL_CARD.md
  "text": {TextConfig fields}, "text_tower": "all-MiniLM-L6-v2" or a Hugging Face folder,
  "train_text_head": true,                 train the text projection + modality embedding (the tower stays frozen)
  "init_from": null,                       or an installed model / model folder to fine-tune (then "text" and each
@@ -69,6 +70,7 @@ class TrainConfig:
     output: Path
     stages: dict[str, StageTraining]
     description: str = ""
+    model_card: Path | None = None
     text: TextConfig | None = None
     text_tower: str | None = None
     train_text_head: bool = False
@@ -177,7 +179,8 @@ def parse_config(values: dict, where: str = "config") -> TrainConfig:
         queries=_build(QuerySampling, values.pop("queries", {}), f"{where} queries"))
     config = _build(TrainConfig, {**values, "stages": stages, "text": text, "optimizer": optimizer,
                                   "sampling": sampling}, where)
-    config = dataclasses.replace(config, dataset=Path(config.dataset), output=Path(config.output))
+    config = dataclasses.replace(config, dataset=Path(config.dataset), output=Path(config.output),
+                                 model_card=None if config.model_card is None else Path(config.model_card))
     if config.precision not in PRECISIONS:
         raise InputError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     for name in ("checkpoint_every", "log_every"):

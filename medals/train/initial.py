@@ -21,10 +21,11 @@ from ..modeling import MedalSNet
 from ..text import TextEncoder
 from ..text.towers import PACKAGED_TOWERS, packaged_tower_folder
 from ..weights import load_model, save_model
-from ..weights.model_folder import TOWER_DIR
+from ..weights.model_folder import TOWER_DIR, TOWER_WEIGHT_SUFFIXES
 from .config import TrainConfig
 from .segmenter import he_initialise
 
+MODEL_CARD = "MODEL_CARD.md"
 DEEP_HEADS = "mid_mask_embed_proj."
 """Key prefix of the deep-supervision heads: trained, never exported (inference does not use them)."""
 
@@ -109,8 +110,20 @@ def inference_state(net: MedalSNet) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in net.state_dict().items() if not k.startswith(DEEP_HEADS)}
 
 
+def _tower_without_weights(tower_folder: Path, destination: Path) -> Path:
+    """Copy the tower folder's config and tokenizer files: the model folder needs no tower weights (the text
+    encoder's state holds them), and `save_model` builds the tower on the meta device, which a folder with
+    weights refuses."""
+    destination.mkdir()
+    for path in Path(tower_folder).iterdir():
+        if path.is_file() and not path.name.endswith(TOWER_WEIGHT_SUFFIXES):
+            shutil.copyfile(path, destination / path.name)
+    return destination
+
+
 def export_model(folder: Path, config: TrainConfig, model: TrainingModel) -> Path:
-    """Write the (trained) networks and text encoder of `model` as a model folder, replacing `folder` whole.
+    """Write the (trained) networks and text encoder of `model` as a model folder, replacing `folder` whole, with
+    the configuration's model card as MODEL_CARD.md.
 
     Written beside the target first, so an interrupted export never leaves a half-written model.
     """
@@ -122,7 +135,10 @@ def export_model(folder: Path, config: TrainConfig, model: TrainingModel) -> Pat
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
     try:
         save_model(staging / "model", model_config, {name: inference_state(net) for name, net in model.nets.items()},
-                   {k: v.detach().cpu() for k, v in model.text_encoder.state_dict().items()}, model.tower_folder)
+                   {k: v.detach().cpu() for k, v in model.text_encoder.state_dict().items()},
+                   _tower_without_weights(model.tower_folder, staging / "tower"))
+        if config.model_card is not None:
+            shutil.copyfile(config.model_card, staging / "model" / MODEL_CARD)
         if folder.exists():
             shutil.rmtree(folder)
         (staging / "model").rename(folder)

@@ -89,6 +89,8 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
     """
     if max_steps is not None and max_steps < 1:
         raise InputError(f"max_steps must be ≥ 1, got {max_steps}")
+    if config.model_card is not None and not config.model_card.is_file():
+        raise InputError(f"{config.model_card}: model card not found")
     started = time.perf_counter()
     checkpoint_path = config.output / CHECKPOINT_FILE
     if checkpoint_path.exists() and not resume:
@@ -181,8 +183,11 @@ def _run(config: TrainConfig, stored: dict | None, processes: Processes, max_ste
     model_folder = None
     if processes.is_main and end > first_step:
         model_folder = export_model(config.output / MODEL_DIR, config, model)
-        log(f"model written to {model_folder} (use it by this path, or copy it to "
-            f"{models_dir() / config.name} to install it as {config.name!r})")
+        log(f"trained steps {first_step}..{end} of {total} in {(time.perf_counter() - started) / 60:.1f} min; "
+            f"model written to {model_folder} (use it by this path, or copy it to {models_dir() / config.name} "
+            f"to install it as {config.name!r})")
+    elif processes.is_main:
+        log(f"nothing to train: the checkpoint is already at step {first_step} of {total}")
     barrier(processes)
     return TrainResult(first_step, max(end, first_step), logged, checkpoint_path, model_folder,
                        time.perf_counter() - started, model)
