@@ -134,7 +134,7 @@ def _run(config: TrainConfig, stored: dict | None, processes: Processes, max_ste
     if processes.distributed:
         # Some steps skip the prompt fusion (mc = None), leaving fusion_conv without gradients.
         network = DistributedDataParallel(segmenter, device_ids=[device.index] if device.type == "cuda" else None,
-                                          find_unused_parameters=True, broadcast_buffers=False)
+                                          find_unused_parameters=True)
     network.train()
 
     total = settings.steps
