@@ -3,13 +3,16 @@
     medals segment CT.nii.gz -p "liver" -p "spleen" -o labels.nii.gz
     medals segment case.npz -o out/case.npz                 # challenge case: prompts from its text_prompts
     medals segment scans/ -p "liver" -o results/            # every image of a folder
+    medals segment CT.nii.gz -p "liver" -o out.nii.gz --server http://gpu-box:8765 --token T   # a remote engine
 
 Each run writes the label map(s), a JSON report (per class: voxels, volume in ml, mean confidence) and, with
 --probabilities, one probability map per class. Progress bars show every window of every stage.
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
 import time
 from pathlib import Path
 
@@ -102,8 +105,9 @@ def _output_paths(inputs: list[Path], output: Path, batch: bool) -> list[Path]:
     return [output / (case_name(path) + (".npz" if format_of(path) == "npz" else DEFAULT_SUFFIX)) for path in inputs]
 
 
-def segment_file(model, path: Path, output: Path, args, device, bars: StageBars) -> dict:
-    """Segment one image file, write its label map (and probability maps); returns its report entry."""
+def segment_file(run, path: Path, output: Path, args, bars: StageBars) -> dict:
+    """Segment one image file with `run` (pipeline.segment's signature without model and device), write its
+    label map (and probability maps); returns its report entry."""
     volume = read_volume(path)
     challenge = volume.extras.get("format") == "npz" and not args.prompt
     if challenge:
@@ -125,8 +129,8 @@ def segment_file(model, path: Path, output: Path, args, device, bars: StageBars)
                              probabilities=args.probabilities, window_batch=args.window_batch)
     start = time.perf_counter()
     try:
-        result = segment(model, image, spacing, prompts, modality=modality,
-                         masks=_masks(args.mask, volume), options=options, progress=bars, device=device)
+        result = run(image, spacing, prompts, modality=modality, masks=_masks(args.mask, volume),
+                     options=options, progress=bars)
     finally:
         bars.close()
     seconds = time.perf_counter() - start
@@ -159,14 +163,19 @@ def run_segment(args) -> int:
     batch = source.is_dir() and bool(list_volume_files(source))
     inputs = list_volume_files(source) if batch else [source]
     outputs = _output_paths(inputs, output, batch)
-    device = pick_device(args.device)
-    model = _load_model(args.model, device)
+    if args.server:
+        from .server.remote import segment_remote
+
+        run = functools.partial(segment_remote, args.server, token=args.token or os.environ.get("MEDALS_SERVER_TOKEN"))
+    else:
+        device = pick_device(args.device)
+        run = functools.partial(segment, _load_model(args.model, device), device=device)
     bars = StageBars(not args.quiet)
     reports = []
     for number, (path, target) in enumerate(zip(inputs, outputs), start=1):
         if batch and not args.quiet:
             print(f"[{number}/{len(inputs)}] {path.name}", flush=True)
-        reports.append(segment_file(model, path, target, args, device, bars))
+        reports.append(segment_file(run, path, target, args, bars))
         print(_summary(reports[-1]), flush=True)
     report_path = Path(args.report) if args.report else \
         (output / "report.json" if batch else output.parent / f"{case_name(output)}_report.json")
@@ -192,6 +201,8 @@ def register(subparsers) -> None:
                         help="label map file (format from its extension), or a folder for a folder of images")
     parser.add_argument("--report", help="JSON report path (default: beside the output)")
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
+    parser.add_argument("--server", metavar="URL", help="run on the engine server at URL instead of in this process")
+    parser.add_argument("--token", help="the server's token (default: $MEDALS_SERVER_TOKEN)")
     parser.add_argument("--stages", nargs="+", default=["coarse", "fine"], choices=["coarse", "fine"],
                         help="stages to run (default: both)")
     parser.add_argument("--instance", action="store_true",
