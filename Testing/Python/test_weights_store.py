@@ -149,3 +149,25 @@ def test_saving_refuses_text_queries_of_another_width_than_the_network(tiny, tmp
     narrow = dataclasses.replace(config, text=dataclasses.replace(config.text, query_dim=16))
     with pytest.raises(WeightsError, match="text query_dim 16 differs from the coarse network's query_dim 48"):
         save_model(tmp_path / "new", narrow, {}, {}, tiny / "text_tower")
+
+
+def test_a_packaged_text_tower_is_neither_copied_nor_stored_and_loads_from_its_package(tmp_path):
+    """Models on a tower that ships in a Python package (the demo's MiniLM) keep only their own weights."""
+    from medals.config import ModelConfig, TextConfig
+    from medals.modeling import MedalSNet
+    from medals.text import TextEncoder
+    from medals.text.towers import packaged_tower_folder
+    from medals.weights.testing import TINY_PLAN, TINY_STAGES
+
+    tower = packaged_tower_folder("all-MiniLM-L6-v2")
+    text = TextConfig(tower="all-MiniLM-L6-v2", hidden_dim=384, query_dim=TINY_PLAN.query_dim, max_length=32,
+                      tokenization="native")
+    encoder = TextEncoder(text, tower)
+    torch.nn.init.normal_(encoder.projection_layer[0].weight)
+    folder = save_model(tmp_path / "m", ModelConfig("packaged", text, {"fine": TINY_STAGES["fine"]}),
+                        {"fine": MedalSNet(TINY_PLAN).state_dict()}, encoder.state_dict(), tower)
+    assert not (folder / "text_tower").exists()
+    assert (folder / "text_encoder.safetensors").stat().st_size < 1_000_000  # the tower alone is ~90 MB
+    loaded = load_model(folder)
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(loaded.text_encoder.state_dict()[key], value), key

@@ -57,8 +57,10 @@ def load_tower_model(folder: Path) -> torch.nn.Module:
     random initial values, to be overwritten by a checkpoint (the official `text_encoder.pth` holds them all).
     """
     folder = _check_folder(folder)
+    # Under a meta-device context only shapes are wanted (e.g. to validate a checkpoint): skip reading weights.
+    shapes_only = torch.empty(0).device.type == "meta"
     try:
-        if has_weights(folder):
+        if has_weights(folder) and not shapes_only:
             model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
         else:
             model = AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=True),

@@ -21,7 +21,6 @@ from ..modeling import MedalSNet
 from ..text import TextEncoder
 from ..text.towers import PACKAGED_TOWERS, packaged_tower_folder
 from ..weights import load_model, save_model
-from ..weights.model_folder import TOWER_DIR, TOWER_WEIGHT_SUFFIXES
 from .config import TrainConfig
 from .segmenter import he_initialise
 
@@ -95,7 +94,7 @@ def _fine_tuned(config: TrainConfig) -> TrainingModel:
         if unexpected or any(not key.startswith(DEEP_HEADS) for key in missing):
             raise WeightsError(f"stage {name} of model {model_name!r} does not fit its own plan")
     text_encoder = loaded.text_encoder
-    return TrainingModel(text_encoder, loaded.path / TOWER_DIR, stages, nets)
+    return TrainingModel(text_encoder, loaded.text_encoder.tower_folder, stages, nets)
 
 
 def initial_model(config: TrainConfig) -> TrainingModel:
@@ -108,17 +107,6 @@ def initial_model(config: TrainConfig) -> TrainingModel:
 def inference_state(net: MedalSNet) -> dict[str, torch.Tensor]:
     """A training network's state dict without the deep-supervision heads, tensors on the CPU."""
     return {k: v.detach().cpu() for k, v in net.state_dict().items() if not k.startswith(DEEP_HEADS)}
-
-
-def _tower_without_weights(tower_folder: Path, destination: Path) -> Path:
-    """Copy the tower folder's config and tokenizer files: the model folder needs no tower weights (the text
-    encoder's state holds them), and `save_model` builds the tower on the meta device, which a folder with
-    weights refuses."""
-    destination.mkdir()
-    for path in Path(tower_folder).iterdir():
-        if path.is_file() and not path.name.endswith(TOWER_WEIGHT_SUFFIXES):
-            shutil.copyfile(path, destination / path.name)
-    return destination
 
 
 def export_model(folder: Path, config: TrainConfig, model: TrainingModel) -> Path:
@@ -136,7 +124,7 @@ def export_model(folder: Path, config: TrainConfig, model: TrainingModel) -> Pat
     try:
         save_model(staging / "model", model_config, {name: inference_state(net) for name, net in model.nets.items()},
                    {k: v.detach().cpu() for k, v in model.text_encoder.state_dict().items()},
-                   _tower_without_weights(model.tower_folder, staging / "tower"))
+                   model.tower_folder)
         if config.model_card is not None:
             shutil.copyfile(config.model_card, staging / "model" / MODEL_CARD)
         if folder.exists():

@@ -9,6 +9,10 @@
   text_tower/                 Hugging Face config + tokenizer files of the tower (no weights)
 ```
 
+A model whose text tower ships inside a Python package (`medals.text.towers.PACKAGED_TOWERS`, e.g. the demo
+model's all-MiniLM-L6-v2) stores neither the tower folder nor the tower's weights: they are frozen during
+training, so the package's copy is exact, and leaving them out keeps such a model small enough to ship.
+
 Stage files hold each tensor once, under its canonical `.conv.`/`.norm.` name (safetensors refuses the
 shared `.all_modules.0/1.` aliases of the official layout); loading restores the aliases and loads strictly, so
 every real parameter is verified by name and shape.
@@ -27,6 +31,7 @@ from ..config import ModelConfig
 from ..errors import WeightsError
 from ..modeling import MedalSNet
 from ..text import TextEncoder
+from ..text.towers import PACKAGED_TOWERS, packaged_tower_folder
 from .official import TOWER_WEIGHT_SUFFIXES
 from .state import canonical_key, check_state, drop_aliases, expected_shapes, load_strict, restore_aliases
 from .store import CONFIG_FILE, read_model_config, resolve_model
@@ -34,6 +39,18 @@ from .store import CONFIG_FILE, read_model_config, resolve_model
 STAGES = ("coarse", "fine")
 TEXT_FILE = "text_encoder.safetensors"
 TOWER_DIR = "text_tower"
+
+
+TOWER_PREFIX = "text_tower."
+
+
+def _packaged_tower(config: ModelConfig) -> Path | None:
+    """The package folder of the model's text tower, when it ships in a Python package."""
+    return packaged_tower_folder(config.text.tower) if config.text.tower in PACKAGED_TOWERS else None
+
+
+def _without_tower(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith(TOWER_PREFIX)}
 
 
 def stage_file(stage: str) -> str:
@@ -97,7 +114,7 @@ def save_model(folder, config: ModelConfig, stage_state_dicts: dict, text_state:
 
     `stage_state_dicts` maps each stage of `config.stages` to a MedalSNet state dict (aliases optional);
     `text_state` is the TextEncoder state dict; `tower_folder` the Hugging Face tower folder whose config and
-    tokenizer files are copied. `folder` must not exist yet or be empty. Returns the folder.
+    tokenizer files are copied (unused for a packaged tower, whose files and weights are not stored). `folder` must not exist yet or be empty. Returns the folder.
     """
     folder = Path(folder)
     _check_config(config)
@@ -108,12 +125,17 @@ def save_model(folder, config: ModelConfig, stage_state_dicts: dict, text_state:
     for stage, state in stage_state_dicts.items():
         canonical_states[stage] = drop_aliases(state, f"{stage} weights")
         check_state(_canonical_shapes(config.stages[stage].net), canonical_states[stage], f"{stage} weights")
-    check_state(_text_shapes(config, tower_folder), text_state, "text encoder weights")
+    packaged = _packaged_tower(config)
+    text_shapes = _text_shapes(config, packaged or tower_folder)
+    if packaged:
+        text_shapes, text_state = _without_tower(text_shapes), _without_tower(text_state)
+    check_state(text_shapes, text_state, "text encoder weights")
 
     if folder.exists() and any(folder.iterdir()):
         raise WeightsError(f"{folder}: folder exists and is not empty")
     folder.mkdir(parents=True, exist_ok=True)
-    _copy_tower(tower_folder, folder / TOWER_DIR)
+    if not packaged:
+        _copy_tower(tower_folder, folder / TOWER_DIR)
     for stage, state in canonical_states.items():
         _write_safetensors(state, folder / stage_file(stage), stage)
     _write_safetensors(text_state, folder / TEXT_FILE, "text_encoder")
@@ -137,8 +159,12 @@ def load_model(name_or_path, device="cpu") -> LoadedModel:
     _check_config(config)
     device = torch.device(device)
 
-    text_encoder = TextEncoder(config.text, folder / TOWER_DIR)
-    load_strict(text_encoder, _read_safetensors(folder / TEXT_FILE), folder / TEXT_FILE)
+    packaged = _packaged_tower(config)
+    text_encoder = TextEncoder(config.text, packaged or folder / TOWER_DIR)
+    text_state = _read_safetensors(folder / TEXT_FILE)
+    if packaged:  # the tower's weights are the package's own, already loaded
+        text_state = {**text_state, **{k: v for k, v in text_encoder.state_dict().items() if k.startswith(TOWER_PREFIX)}}
+    load_strict(text_encoder, text_state, folder / TEXT_FILE)
     nets = {}
     for stage, stage_config in config.stages.items():
         net = MedalSNet(stage_config.net)
