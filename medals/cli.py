@@ -10,7 +10,7 @@ from .errors import MedalSError
 
 # Modules that contribute subcommands: each has `register(subparsers)` and sets `func` on its parsers.
 COMMAND_MODULES = ("medals.weights.cli", "medals.cli_info", "medals.cli_serve", "medals.bench", "medals.cli_evaluate",
-                   "medals.cli_train", "medals.cli_segment")
+                   "medals.cli_train", "medals.cli_segment", "medals.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
