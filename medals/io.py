@@ -203,33 +203,51 @@ def _volume_from_itk(image: sitk.Image, path: Path) -> Volume:
 
 
 def _check_nifti_payload(path: Path) -> None:
-    """Raise InputError when a .nii/.nii.gz file holds fewer bytes than its header declares."""
+    """Raise InputError when a .nii/.nii.gz file holds fewer bytes than its header declares, or float voxels that
+    are NaN or infinite (ITK's NIfTI reader silently turns those into zeros, so they must be caught here)."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as stream:
             header = stream.read(544)
-            expected = _nifti_file_length(header)
-            if expected is None:
+            layout = _nifti_layout(header)
+            if layout is None:
                 return  # not a NIfTI header: ITK will say so
-            available = len(header)
-            while chunk := stream.read(1 << 24):
+            expected, offset, float_type = layout
+            extension = stream.read(max(0, offset - len(header)))  # header extensions before the voxels
+            available, pending, bad = len(header) + len(extension), header[offset:], 0
+            while True:
+                if float_type is not None:  # count non-finite values in whole items, carrying the remainder
+                    whole = len(pending) - len(pending) % float_type.itemsize
+                    bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(pending[:whole], float_type))))
+                    pending = pending[whole:]
+                chunk = stream.read(1 << 24)
+                if not chunk:
+                    break
                 available += len(chunk)
+                pending = pending + chunk if float_type is not None else b""
     except (OSError, EOFError) as error:  # gzip: "Compressed file ended before the end-of-stream marker ..."
         raise InputError(f"{path}: is corrupt or truncated ({error})") from None
     if available < expected:
         raise InputError(f"{path}: is truncated ({available} of {expected} bytes)")
+    if bad:
+        raise InputError(f"{path}: {bad} of {(expected - offset) // float_type.itemsize} voxels are NaN or infinite")
 
 
-def _nifti_file_length(header: bytes) -> int | None:
-    """Header + voxel bytes a NIfTI-1/-2 file must hold, or None when `header` is not a NIfTI header."""
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+"""NIfTI datatype codes of real floating-point voxels → numpy type (without byte order)."""
+
+
+def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype | None] | None:
+    """(file length the header implies, voxel data offset, float voxel type or None), or None when `header` is not
+    a NIfTI-1/-2 header."""
     for order in "<>":
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:  # NIfTI-1
             dims = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            datatype, bitpix = struct.unpack(order + "2h", header[70:74])
             offset = int(struct.unpack(order + "f", header[108:112])[0])
             break
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:  # NIfTI-2
-            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            datatype, bitpix = struct.unpack(order + "2h", header[12:16])
             dims = struct.unpack(order + "8q", header[16:80])
             offset = struct.unpack(order + "q", header[168:176])[0]
             break
@@ -237,7 +255,9 @@ def _nifti_file_length(header: bytes) -> int | None:
         return None
     rank = min(max(dims[0], 0), 7)
     voxels = int(np.prod([max(d, 1) for d in dims[1:rank + 1]], dtype=np.int64))
-    return max(offset, 348) + voxels * max(bitpix, 8) // 8
+    offset = max(offset, 348)
+    float_type = np.dtype(order + NIFTI_FLOAT_TYPES[datatype]) if datatype in NIFTI_FLOAT_TYPES else None
+    return offset + voxels * max(bitpix, 8) // 8, offset, float_type
 
 
 # The challenge npz stores `text_prompts` as a 0-d object array, which numpy can only save as a pickle. Unpickling
