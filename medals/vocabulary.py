@@ -139,17 +139,20 @@ class Vocabulary:
         return result[:limit]
 
     def color(self, name: str) -> tuple[int, int, int]:
-        """A stable display colour: the entry's own (or, for a left/right entry, its bilateral entry's), else one
-        derived from a hash of the normalized name."""
+        """A stable display colour for `name`: its entry's (see `entry_color`), else one derived from a hash of the
+        normalized name."""
         entry = self.lookup(name)
-        if entry is not None:
-            if entry.color:
-                return entry.color
-            if entry.laterality:
-                bilateral = self._by_name.get(normalize(entry.name).removeprefix(entry.laterality + " "))
-                if bilateral is not None and bilateral.color:
-                    return bilateral.color
-        return hashed_color(entry.name if entry else name)
+        return self.entry_color(entry) if entry is not None else hashed_color(name)
+
+    def entry_color(self, entry: Entry) -> tuple[int, int, int]:
+        """The entry's own colour (or, for a left/right entry, its bilateral entry's), else one hashed from its name."""
+        if entry.color:
+            return entry.color
+        if entry.laterality:
+            bilateral = self._by_name.get(normalize(entry.name).removeprefix(entry.laterality + " "))
+            if bilateral is not None and bilateral.color:
+                return bilateral.color
+        return hashed_color(entry.name)
 
 
 def hashed_color(name: str) -> tuple[int, int, int]:

@@ -16,6 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO_ROOT / "MedalS"
 sys.path.insert(0, str(MODULE_DIR / "Logic"))
 
+from MedalSLib.client import Structure  # noqa: E402
 from MedalSLib.scene import VolumeGeometry, write_volume  # noqa: E402
 
 
@@ -76,3 +77,9 @@ def add_segmentation(scene, reference_volume, name: str = "Segmentation"):
     node.CreateDefaultDisplayNodes()
     node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
     return node
+
+
+def structure(name: str, synonyms=(), laterality=None, sct=None, color=(10, 20, 30),
+              category=("123037004", "Anatomical Structure")) -> Structure:
+    """One entry of an engine's vocabulary, as the client parses it from the info endpoint."""
+    return Structure(name, tuple(synonyms), laterality, ("ct",), category, sct, color)

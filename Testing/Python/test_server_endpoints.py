@@ -20,7 +20,7 @@ from server_fixtures import (TOKEN, client, medals_home, random_volume, raw_requ
 from medals.errors import InputError, MedalSError
 from medals.pipeline import Prompt, SegmentOptions, SegmentResult, segment
 from medals.server.remote import segment_remote
-from medals.vocabulary import lookup
+from medals.vocabulary import color, default_vocabulary, lookup
 from medals.weights import load_model
 
 PROMPTS = [("liver", 1), ("left kidney", 2)]
@@ -71,11 +71,27 @@ def test_health_reports_protocol_and_engine_versions(engine):
     assert engine.health() == {"protocol": 1, "engine": "0.1.0"}
 
 
-def test_info_reports_device_model_vocabulary_and_limits(engine):
+def test_info_reports_device_model_and_limits(engine):
     info = engine.info()
     assert info["device"]["device"] == "cpu" and info["model"] == "tiny" and info["installed_models"] == ["tiny"]
-    assert info["vocabulary"]["liver"] == list(lookup("liver").synonyms) and "ct" in info["modalities"]
+    assert "ct" in info["modalities"]
     assert info["limits"]["max_upload_bytes"] == int(MAX_UPLOAD_MB * 2 ** 20) and info["limits"]["max_prompts"] == 4
+
+
+def test_info_lists_every_structure_of_the_engines_vocabulary_with_synonyms_codes_and_colour(engine):
+    vocabulary = engine.info()["vocabulary"]
+    liver = next(entry for entry in vocabulary if entry["name"] == "liver")
+    assert len(vocabulary) == len(default_vocabulary().entries)
+    assert liver == {"name": "liver", "synonyms": list(lookup("liver").synonyms), "laterality": None,
+                     "modalities": list(lookup("liver").modalities),
+                     "category": {"code": "123037004", "meaning": "Anatomical Structure"},
+                     "sct": {"code": "10200004", "meaning": "Liver"}, "color": list(color("liver"))}
+
+
+def test_the_client_exposes_the_engines_structures_after_connecting(engine):
+    left_kidney = next(structure for structure in engine.vocabulary if structure.name == "left kidney")
+    assert left_kidney.laterality == "left" and left_kidney.sct == ("64033007", "Kidney")
+    assert "kidney left" in left_kidney.synonyms and left_kidney.color == color("kidney")
 
 
 def test_openapi_document_publishes_every_route_and_the_bearer_scheme(server):

@@ -15,7 +15,7 @@ from slicer_fixtures import add_volume, oblique_geometry, scene  # noqa: F401
 from MedalSLib.client import EngineError, JobCancelled
 from MedalSLib.jobs import Worker
 from MedalSLib.launcher import engine_command
-from MedalSLib.prompts import painted_masks, segments_by_prompt
+from MedalSLib.prompts import completion_names, painted_masks, segments_by_prompt
 from MedalSLib.results import find_segment, new_segmentation
 from MedalSLib.scene import oriented_image
 from MedalSLib.session import EngineChoice, SegmentationSession, from_inclusive
@@ -76,6 +76,11 @@ def test_a_running_local_engine_is_reused_not_restarted(choice, engine):
 def test_connect_reports_the_engine_and_its_device(session):
     assert session.info["protocol"] == 1 and session.info["model"] == "tiny"
     assert session.info["device"]["device"] == "cpu"
+
+
+def test_the_engines_vocabulary_is_offered_for_completion(session):
+    names = completion_names(session.vocabulary)
+    assert "liver" in names and "hepatic" in names and "left kidney" in names
 
 
 def test_segments_appear_named_after_the_prompts_with_the_engines_labels(scene, session, volume):

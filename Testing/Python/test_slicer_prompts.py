@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import slicer
 from slicer_fixtures import (add_segmentation, add_volume, finer_geometry, oblique_geometry, scene,  # noqa: F401
-                             transposed_geometry)
+                             structure, transposed_geometry)
 
 from MedalSLib.errors import InputError
 from MedalSLib.prompts import (completion_names, edited_region, margin_voxels, painted_masks, parse_prompts,
@@ -33,7 +33,8 @@ def test_structure_key_ignores_case_underscores_and_repeated_spaces():
 
 
 def test_completion_offers_names_and_synonyms_once_each_sorted():
-    vocabulary = {"Liver": ["liver", "hepar", "Liver in CT"], "Left kidney": ["kidney left", "LEFT KIDNEY"]}
+    vocabulary = [structure("Liver", ["liver", "hepar", "Liver in CT"]),
+                  structure("Left kidney", ["kidney left", "LEFT KIDNEY"])]
     assert completion_names(vocabulary) == ["hepar", "kidney left", "Left kidney", "Liver", "Liver in CT"]
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import slicer
 from slicer_fixtures import (add_segmentation, add_volume, finer_geometry, oblique_geometry, scene,  # noqa: F401
-                             transposed_geometry)
+                             structure, transposed_geometry)
 
 from MedalSLib.errors import InputError
 from MedalSLib.prompts import painted_masks
@@ -212,8 +212,26 @@ def test_laterality_becomes_a_type_modifier():
     assert "^64033007^Kidney~SCT^7771000^Left" in terminology
 
 
-def test_engine_vocabulary_synonym_resolves_to_its_structure():
-    assert "^10200004^Liver" in segment_appearance("hepar", {"Liver": ["hepar", "liver in CT"]}).terminology
+def test_engine_vocabulary_synonym_takes_its_structures_codes_and_colour():
+    vocabulary = [structure("liver", ["hepar", "liver in CT"], sct=("10200004", "Liver"), color=(1, 2, 3))]
+    look = segment_appearance("Hepar", vocabulary)
+    assert "^10200004^Liver" in look.terminology and look.color == (1 / 255, 2 / 255, 3 / 255)
+
+
+def test_engine_structure_with_laterality_gets_the_type_modifier():
+    vocabulary = [structure("left hippocampus", laterality="left", sct=("5300000", "Hippocampus"))]
+    assert "^5300000^Hippocampus~SCT^7771000^Left" in segment_appearance("left hippocampus", vocabulary).terminology
+
+
+def test_engine_structure_without_codes_gets_its_colour_and_no_terminology():
+    look = segment_appearance("mitochondria", [structure("mitochondria", category=None, color=(9, 8, 7))])
+    assert look.terminology == "" and look.color == (9 / 255, 8 / 255, 7 / 255)
+
+
+def test_names_the_engine_lacks_fall_back_on_slicers_table():
+    look = segment_appearance("left kidney", [structure("liver", sct=("10200004", "Liver"))])
+    assert "^64033007^Kidney~SCT^7771000^Left" in look.terminology
+    np.testing.assert_allclose(look.color, np.array([185, 102, 83]) / 255)
 
 
 def test_lesion_named_after_its_organ_takes_its_kind_from_the_last_word():

@@ -14,7 +14,7 @@ from ..device import describe, pick_device
 from ..errors import InputError, ModelNotFound
 from ..pipeline import segment
 from ..pipeline.request import Prompt, SegmentOptions
-from ..vocabulary import default_vocabulary
+from ..vocabulary import Vocabulary, default_vocabulary
 from ..weights import list_models, load_model
 from . import wire
 from .cache import CachedImage
@@ -116,15 +116,20 @@ def check_options(request: JobRequest, shape) -> SegmentOptions:
                           window_batch=options.window_batch)
 
 
-def prompt_vocabulary() -> dict[str, list[str]]:
-    """Every structure name the engine knows → its synonyms, for clients to complete and recognise prompts."""
-    return {entry.name: list(entry.synonyms) for entry in default_vocabulary().entries}
+def published_vocabulary(vocabulary: Vocabulary) -> list[dict]:
+    """The vocabulary as the info endpoint's `StructureBody` list: names and synonyms for clients to complete and
+    recognise prompts, codes and colours for them to name and colour segments."""
+    return [{"name": entry.name, "synonyms": list(entry.synonyms), "laterality": entry.laterality,
+             "modalities": list(entry.modalities), "category": vocabulary.categories.get(entry.category),
+             "sct": {"code": entry.sct[0], "meaning": entry.sct[1]} if entry.sct else None,
+             "color": list(vocabulary.entry_color(entry))}
+            for entry in vocabulary.entries]
 
 
 class Engine:
     """One model kept loaded on `device`, described for the info endpoint and run by the job queue."""
 
-    def __init__(self, model, model_name: str, device, installed_models: list[str], vocabulary: dict[str, list[str]]):
+    def __init__(self, model, model_name: str, device, installed_models: list[str], vocabulary: list[dict]):
         self.model, self.model_name, self.device = model, model_name, device
         self.installed_models, self.vocabulary = installed_models, vocabulary
 
@@ -139,7 +144,7 @@ class Engine:
             name_or_path = installed[0]
         torch_device = pick_device(device)
         model = load_model(name_or_path, torch_device)
-        return cls(model, model.config.name, torch_device, installed, prompt_vocabulary())
+        return cls(model, model.config.name, torch_device, installed, published_vocabulary(default_vocabulary()))
 
     def describe(self) -> dict:
         """The info endpoint's engine part: device and its memory now, models, modalities, vocabulary."""

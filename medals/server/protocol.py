@@ -73,6 +73,24 @@ class DeviceBody(BaseModel):
     memory_total_bytes: int | None = None
 
 
+class CodeBody(Strict):
+    code: str = Field(description="SNOMED CT code")
+    meaning: str
+
+
+class StructureBody(Strict):
+    """One structure the engine knows: the names a prompt may use, and how Slicer names and colours its segment."""
+
+    name: str
+    synonyms: list[str] = Field(description="Other names prompts may use for it")
+    laterality: Literal["left", "right"] | None
+    modalities: list[str] = Field(description="Modalities it is usually segmented in")
+    category: CodeBody | None = Field(description="SNOMED CT category of Slicer's terminology (null: none listed)")
+    sct: CodeBody | None = Field(description="SNOMED CT type, without laterality (null: Slicer's terminology lists "
+                                             "none)")
+    color: list[int] = Field(min_length=3, max_length=3, description="Display colour, RGB 0–255")
+
+
 class Info(Strict):
     protocol: int
     engine: str
@@ -80,7 +98,7 @@ class Info(Strict):
     model: str = Field(description="The model this server keeps loaded")
     installed_models: list[str]
     modalities: list[str]
-    vocabulary: dict[str, list[str]] = Field(description="Known structure names → synonyms the prompts may use")
+    vocabulary: list[StructureBody] = Field(description="Every structure the engine knows by name")
     limits: LimitsBody
     queue_length: int = Field(description="Jobs waiting or running now")
 

@@ -141,6 +141,37 @@ class SegmentationResult:
 
 
 @dataclass(frozen=True)
+class Structure:
+    """One structure the engine knows (its info's `vocabulary`): the names a prompt may use for it, and how a
+    segment of it is named and coloured.
+
+    laterality: "left", "right" or None. category and sct: SNOMED CT (code, meaning) of its Slicer terminology
+    category and type (the type without laterality); None where the terminology lists none. color: RGB 0–255.
+    """
+
+    name: str
+    synonyms: tuple[str, ...]
+    laterality: str | None
+    modalities: tuple[str, ...]
+    category: tuple[str, str] | None
+    sct: tuple[str, str] | None
+    color: tuple[int, int, int]
+
+    @classmethod
+    def from_body(cls, body: dict) -> "Structure":
+        def coded(values):
+            return (str(values["code"]), str(values["meaning"])) if values else None
+
+        return cls(str(body["name"]), tuple(body["synonyms"]), body["laterality"], tuple(body["modalities"]),
+                   coded(body["category"]), coded(body["sct"]), tuple(int(c) for c in body["color"]))
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """Its name, then its synonyms."""
+        return (self.name, *self.synonyms)
+
+
+@dataclass(frozen=True)
 class Reply:
     status: int
     headers: dict
@@ -188,6 +219,8 @@ class EngineClient:
         self._host, self._port, self._prefix = parts.hostname, parts.port, parts.path.rstrip("/")
         self.token, self.timeout, self.retries, self.retry_delay = token, timeout, retries, retry_delay
         self.limits: dict | None = None
+        self.vocabulary: list[Structure] = []
+        """The structures the engine knows, from its info on `connect`."""
 
     # -- connection -------------------------------------------------------------------------------------------
 
@@ -210,6 +243,7 @@ class EngineClient:
                                    f"{health['engine']}); this module needs v{PROTOCOL_VERSION} — update the {newer}")
         info = self.info()
         self.limits = info["limits"]
+        self.vocabulary = [Structure.from_body(body) for body in info["vocabulary"]]
         return info
 
     def info(self) -> dict:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 
 import numpy as np
 import slicer
 
+from .client import Structure
 from .errors import InputError
 from .scene import Box, VolumeGeometry, array_from_oriented_image, check_same_transform, oriented_image, \
     segment_labelmap, volume_geometry
@@ -36,11 +38,12 @@ def parse_prompts(text: str) -> list[str]:
     return prompts
 
 
-def completion_names(vocabulary: dict[str, list[str]]) -> list[str]:
-    """Every name and synonym the engine knows, once each (case-insensitively), sorted for a completer."""
+def completion_names(vocabulary: Iterable[Structure]) -> list[str]:
+    """Every name and synonym the engine knows (`EngineClient.vocabulary`), once each (case-insensitively),
+    sorted for a completer."""
     names = {}
-    for structure, synonyms in vocabulary.items():
-        for name in (structure, *synonyms):
+    for structure in vocabulary:
+        for name in structure.terms:
             names.setdefault(structure_key(name), " ".join(name.split()))
     return sorted(names.values(), key=str.casefold)
 

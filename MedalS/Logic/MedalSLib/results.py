@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import slicer
 import vtk
 
+from .client import Structure
 from .errors import InputError
 from .prompts import structure_key
 from .scene import Box, VolumeGeometry, check_same_transform, oriented_image, segment_labelmap, \
@@ -68,23 +70,40 @@ class SegmentAppearance:
     terminology: str = ""
 
 
-def segment_appearance(name: str, vocabulary: dict[str, list[str]] | None = None) -> SegmentAppearance:
-    """Colour and terminology for a structure name; unknown names get a stable colour hashed from the name.
+def segment_appearance(name: str, vocabulary: Iterable[Structure] = ()) -> SegmentAppearance:
+    """Colour and terminology for a structure name.
 
-    `vocabulary` is the engine's (structure name → synonyms): a prompt that is one of the synonyms is looked
-    up under its structure's name. "left kidney" is Kidney with the Left modifier; "kidney cyst" falls back on
-    its last word (Cyst) when the whole name is not known.
+    `vocabulary` is the engine's (`EngineClient.vocabulary`): a prompt that is one of its structures' names or
+    synonyms takes that structure's colour and codes. Names it lacks (and every name while no engine is
+    connected) are looked up in Slicer's General Anatomy values above: "left kidney" is Kidney with the Left
+    modifier, and "kidney cyst" falls back on its last word (Cyst). Unknown names get a stable colour hashed
+    from the name, as the engine colours them.
     """
-    key = _canonical(name, vocabulary)
+    structure = engine_structure(name, vocabulary)
+    if structure is not None:
+        terminology = ""
+        if structure.category is not None and structure.sct is not None:
+            terminology = _terminology(("SCT", *structure.category), ("SCT", *structure.sct),
+                                       LATERALITY.get(structure.laterality))
+        return SegmentAppearance(tuple(channel / 255 for channel in structure.color), terminology)
+    key = _canonical(name)
     words = key.split(" ")
     laterality = LATERALITY.get(words[0]) if len(words) > 1 else None
     if laterality is not None:
-        key = _canonical(" ".join(words[1:]), vocabulary)
-    entry = KNOWN_STRUCTURES.get(key) or KNOWN_STRUCTURES.get(_canonical(key.split(" ")[-1], vocabulary))
+        key = _canonical(" ".join(words[1:]))
+    entry = KNOWN_STRUCTURES.get(key) or KNOWN_STRUCTURES.get(_canonical(key.split(" ")[-1]))
     if entry is None:
         return SegmentAppearance(hashed_color(name))
-    rgb, category, structure = entry
-    return SegmentAppearance(tuple(channel / 255 for channel in rgb), _terminology(category, structure, laterality))
+    rgb, category, structure_type = entry
+    return SegmentAppearance(tuple(channel / 255 for channel in rgb), _terminology(category, structure_type,
+                                                                                   laterality))
+
+
+def engine_structure(name: str, vocabulary: Iterable[Structure]) -> Structure | None:
+    """The first structure of the engine's vocabulary that has `name` as its name or a synonym (`structure_key`)."""
+    key = structure_key(name)
+    return next((structure for structure in vocabulary
+                 if any(structure_key(term) == key for term in structure.terms)), None)
 
 
 def hashed_color(name: str) -> tuple[float, float, float]:
@@ -96,12 +115,8 @@ def hashed_color(name: str) -> tuple[float, float, float]:
     return tuple(round(channel * 255) / 255 for channel in rgb)
 
 
-def _canonical(name: str, vocabulary: dict[str, list[str]] | None) -> str:
+def _canonical(name: str) -> str:
     key = structure_key(name)
-    for structure, synonyms in (vocabulary or {}).items():
-        if key == structure_key(structure) or key in {structure_key(s) for s in synonyms}:
-            key = structure_key(structure)
-            break
     return SYNONYMS.get(key, key)
 
 
@@ -172,14 +187,14 @@ def find_segment(segmentation_node, name: str) -> str | None:
 
 
 def write_results(segmentation_node, volume_node, labels: np.ndarray, box: Box, prompts: dict[int, str],
-                  only_inside_box: bool = False, vocabulary: dict[str, list[str]] | None = None) -> ResultSnapshot:
+                  only_inside_box: bool = False, vocabulary: Iterable[Structure] = ()) -> ResultSnapshot:
     """Write each prompt's voxels into the segment of its name; returns what undoes it.
 
     labels: int (k, j, i) over `box` of `volume_node`'s grid; voxel value v belongs to prompt `prompts[v]`.
     only_inside_box: False replaces each prompt's segment entirely (voxels outside the box become empty);
         True replaces it only inside the box (a refinement) and keeps the rest.
     Segments not named by a prompt are never modified. New segments get the prompt's name, colour and
-    terminology (`segment_appearance`); existing ones keep the user's colour.
+    terminology (`segment_appearance`, with the engine's `vocabulary`); existing ones keep the user's colour.
     """
     check_same_transform(volume_node, segmentation_node)
     geometry = volume_geometry(volume_node)

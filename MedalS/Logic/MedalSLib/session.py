@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .client import EngineClient, ImageRef, JobProgress, SegmentationResult
+from .client import EngineClient, ImageRef, JobProgress, SegmentationResult, Structure
 from .errors import InputError
 from .jobs import Progress, Request
 from .launcher import LocalEngine
@@ -192,9 +192,9 @@ class SegmentationSession:
         self.client, self.info, self._image = None, {}, None
 
     @property
-    def vocabulary(self) -> dict[str, list[str]]:
-        """The engine's known structures (name → synonyms); empty before connecting."""
-        return self.info.get("vocabulary", {})
+    def vocabulary(self) -> list[Structure]:
+        """The structures the connected engine knows; empty while none is connected."""
+        return self.client.vocabulary if self.client is not None else []
 
     # -- requests ----------------------------------------------------------------------------------------------
 
