@@ -229,6 +229,16 @@ def test_a_text_job_returns_the_in_process_labels_over_its_box_with_statistics(e
     assert progress[-1].state == "succeeded" and progress[-1].done == progress[-1].total > 0
 
 
+def test_a_job_without_modality_runs_with_the_one_detected_from_its_prompts(engine, in_process_model):
+    image = random_volume((16, 24, 24), spacing=(3, 3, 3), seed=30)
+    prompts = [("liver in CT", 1), ("spleen", 2)]
+    result = engine.segment(image, prompts)
+    expected = segment(in_process_model, image.array, image.spacing, [Prompt(text, label) for text, label in prompts],
+                       device="cpu")
+    assert result.modality == expected.modality == "ct"
+    assert np.array_equal(result.full_labels(), expected.labels)
+
+
 def test_a_hybrid_job_takes_a_painted_mask_and_a_box_prompt(engine, in_process_model):
     image = random_volume((16, 24, 24), spacing=(3, 3, 3), seed=11)
     painted = np.zeros(image.array.shape, np.uint8)

@@ -98,6 +98,13 @@ def test_segments_appear_named_after_the_prompts_with_the_engines_labels(scene, 
     np.testing.assert_array_equal(segment_mask(segmentation, volume, "left kidney"), full == 2)
 
 
+def test_auto_modality_lets_the_engine_detect_it_from_the_prompts(scene, session, volume):
+    prepared = session.prepare_segment(volume, new_segmentation(scene, volume), "liver in CT", "auto")
+    request = run_on_worker(session, prepared)
+    assert request.error is None, request.error
+    assert prepared.modality is None and request.result.modality == "ct"
+
+
 def test_an_unchanged_volume_is_not_read_again_for_the_next_request(scene, session, volume):
     segmentation = new_segmentation(scene, volume)
     first = session.prepare_segment(volume, segmentation, "liver", "ct")
