@@ -76,6 +76,7 @@ class MedalSParameterNode:
     stages: Annotated[str, Choice(list(STAGE_ITEMS))] = "Coarse and fine"
     refineIterations: Annotated[int, WithinRange(0, 8)] = 0
     keepLargest: bool = False
+    probabilityMaps: bool = False
 
 
 class MedalSLogic(ScriptedLoadableModuleLogic):
@@ -223,7 +224,8 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentation = self._outputSegmentation()
             options = EngineOptions(stages=STAGE_ITEMS[self._parameterNode.stages],
                                     refine_iterations=self._parameterNode.refineIterations,
-                                    keep_largest=self._parameterNode.keepLargest)
+                                    keep_largest=self._parameterNode.keepLargest,
+                                    probabilities=self._parameterNode.probabilityMaps)
             prepared = prepare(self._parameterNode.inputVolume, segmentation, options)
         except ModuleError as error:
             self._showError(action, error)

@@ -98,7 +98,8 @@ def test_openapi_document_publishes_every_route_and_the_bearer_scheme(server):
     status, document, _ = raw_request(server.url, "GET", "/v1/openapi.json")
     assert status == 200 and document["info"]["title"] == "MedalS engine"
     assert set(document["paths"]) == {"/health", "/v1/info", "/v1/images", "/v1/images/{image_id}", "/v1/jobs",
-                                      "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/labels"}
+                                      "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/labels",
+                                      "/v1/jobs/{job_id}/probabilities/{label}"}
     assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
 
@@ -352,6 +353,45 @@ def test_labels_travel_as_zlib_int16_over_the_box(engine, server):
     assert len(zlib.decompress(body)) == 2 * int(np.prod(shape))
 
 
+# -- probability maps ------------------------------------------------------------------------------------------
+
+QUANTUM = 0.5 / 255 + 1e-6
+"""The most a probability moves on the wire: uint8 steps of 1/255, rounded to the nearest."""
+
+
+def test_probability_maps_come_back_over_the_box_within_one_wire_step_of_the_in_process_ones(engine,
+                                                                                             in_process_model):
+    image = random_volume((16, 24, 24), spacing=(3, 3, 3), seed=31)
+    options = {"probabilities": True, "box": [2, 11, 3, 18, 4, 21]}
+    result = engine.segment(image, PROMPTS, modality="ct", options=options)
+    expected = in_process_labels(in_process_model, image, PROMPTS, SegmentOptions(probabilities=True,
+                                                                                  box=tuple(options["box"])))
+    assert set(result.probabilities) == {1, 2}
+    for label, probability in result.full_probabilities().items():
+        assert probability.dtype == np.float32 and result.probabilities[label].shape == result.labels.shape
+        np.testing.assert_allclose(probability, expected.probabilities[label], rtol=0, atol=QUANTUM)
+
+
+def test_probabilities_travel_as_zlib_uint8_over_the_box(engine, server):
+    image = random_volume((8, 8, 8), spacing=(3, 3, 3), seed=32)
+    state = engine.wait(engine.submit(image, PROMPTS, modality="ct", options={"probabilities": True}).job_id)
+    status, body, headers = raw_request(server.url, "GET", f"/v1/jobs/{state.job_id}/probabilities/2",
+                                        headers={"Authorization": f"Bearer {TOKEN}"})
+    shape = tuple(int(n) for n in headers["x-medals-shape"].split(","))
+    assert status == 200 and headers["x-medals-dtype"] == "uint8" and state.result["probabilities"] == [1, 2]
+    assert len(zlib.decompress(body)) == int(np.prod(shape)) and shape == tuple(state.result["shape"])
+
+
+def test_a_job_run_without_the_option_keeps_no_probability_map(engine, server):
+    image = random_volume((8, 8, 8), spacing=(3, 3, 3), seed=33)
+    state = engine.wait(engine.submit(image, PROMPTS, modality="ct").job_id)
+    status, answer, _ = raw_request(server.url, "GET", f"/v1/jobs/{state.job_id}/probabilities/1",
+                                    headers={"Authorization": f"Bearer {TOKEN}"})
+    assert state.result["probabilities"] == [] and engine.result(state).probabilities == {}
+    assert (status, answer["code"]) == (404, "probability_map_not_found") and "options.probabilities" in \
+        answer["detail"]
+
+
 # -- request validation ----------------------------------------------------------------------------------------
 
 def test_more_prompts_than_the_limit_are_refused_with_400(engine):
@@ -375,8 +415,8 @@ def test_a_box_outside_the_image_is_refused_with_400(engine):
 
 def test_an_unknown_option_is_refused_with_400_naming_it(engine):
     image = random_volume((8, 8, 8), seed=24)
-    with pytest.raises(client.EngineError, match="options.probabilities: Extra inputs are not permitted"):
-        engine.submit(image, PROMPTS, modality="ct", options={"probabilities": True})
+    with pytest.raises(client.EngineError, match="options.temperature: Extra inputs are not permitted"):
+        engine.submit(image, PROMPTS, modality="ct", options={"temperature": 0.5})
 
 
 # -- security ------------------------------------------------------------------------------------------------
@@ -410,6 +450,20 @@ def test_segment_remote_returns_the_in_process_result_on_the_whole_grid(server, 
     assert isinstance(result, SegmentResult) and result.probabilities is None and result.modality == "ct"
     assert np.array_equal(result.labels, expected.labels) and result.box == expected.box
     assert events and events[-1].done == events[-1].total
+
+
+def test_segment_remote_returns_probability_maps_on_the_whole_grid_zero_outside_the_box(server, in_process_model):
+    image = random_volume((16, 24, 24), spacing=(3, 3, 3), seed=34)
+    options = SegmentOptions(probabilities=True, box=(3, 12, 2, 17, 5, 20))
+    result = segment_remote(server.url, image.array, image.spacing, [Prompt(text, label) for text, label in PROMPTS],
+                            token=TOKEN, modality="ct", options=options)
+    expected = in_process_labels(in_process_model, image, PROMPTS, options)
+    outside = np.ones(image.array.shape, bool)
+    outside[3:13, 2:18, 5:21] = False
+    assert set(result.probabilities) == {1, 2}
+    for label, probability in result.probabilities.items():
+        assert probability.shape == image.array.shape and not probability[outside].any()
+        np.testing.assert_allclose(probability, expected.probabilities[label], rtol=0, atol=QUANTUM)
 
 
 def test_segment_remote_reports_a_refused_request_as_an_input_error(server):

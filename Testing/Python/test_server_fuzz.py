@@ -18,10 +18,11 @@ from schemathesis import GenerationMode
 from server_fixtures import TOKEN, client, medals_home, start_server, wait_until  # noqa: F401
 
 EXAMPLES_PER_MODE = 25
-"""8 operations × 2 modes × 25 = up to 400 cases."""
+"""9 operations × 2 modes × 25 = up to 450 cases."""
 
 OPERATIONS = ("GET /health", "GET /v1/info", "POST /v1/images", "GET /v1/images/{image_id}", "POST /v1/jobs",
-              "GET /v1/jobs/{job_id}", "POST /v1/jobs/{job_id}/cancel", "GET /v1/jobs/{job_id}/labels")
+              "GET /v1/jobs/{job_id}", "POST /v1/jobs/{job_id}/cancel", "GET /v1/jobs/{job_id}/labels",
+              "GET /v1/jobs/{job_id}/probabilities/{label}")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

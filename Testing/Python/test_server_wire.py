@@ -20,6 +20,11 @@ def test_deflate_writes_little_endian_bytes_whatever_the_input_byte_order():
     assert zlib.decompress(wire.deflate_array(big_endian)) == b"\x01\x00\x02\x01"
 
 
+def test_probabilities_are_quantized_to_the_nearest_255th_and_clipped_to_0_1():
+    probability = np.array([0.0, 0.5 / 255 - 1e-4, 0.5 / 255 + 1e-4, 0.5, 1.0, -0.2, 1.3], np.float32)
+    assert wire.quantize_probability(probability).tolist() == [0, 0, 1, 128, 255, 0, 255]
+
+
 def test_inflate_rejects_a_stream_that_inflates_past_its_shape():
     blob = zlib.compress(bytes(100))
     with pytest.raises(InputError, match="inflates to more than the 64 bytes"):

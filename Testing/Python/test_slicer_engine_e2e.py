@@ -15,10 +15,11 @@ from slicer_fixtures import add_volume, oblique_geometry, scene  # noqa: F401
 from MedalSLib.client import EngineError, JobCancelled
 from MedalSLib.jobs import Worker
 from MedalSLib.launcher import engine_command
+from MedalSLib.probability_maps import find_probability_map
 from MedalSLib.prompts import completion_names, painted_masks, segments_by_prompt
 from MedalSLib.results import find_segment, new_segmentation
-from MedalSLib.scene import oriented_image
-from MedalSLib.session import EngineChoice, SegmentationSession, from_inclusive
+from MedalSLib.scene import oriented_image, volume_geometry
+from MedalSLib.session import EngineChoice, EngineOptions, SegmentationSession, from_inclusive
 
 SHAPE = (20, 40, 40)
 
@@ -103,6 +104,26 @@ def test_auto_modality_lets_the_engine_detect_it_from_the_prompts(scene, session
     request = run_on_worker(session, prepared)
     assert request.error is None, request.error
     assert prepared.modality is None and request.result.modality == "ct"
+
+
+def test_probability_maps_become_volumes_on_the_input_grid_updated_in_place_on_a_rerun(scene, session, volume):
+    segmentation = new_segmentation(scene, volume)
+    options = EngineOptions(stages=("coarse",), probabilities=True)
+    prepared = session.prepare_segment(volume, segmentation, "liver\nleft kidney", "ct", options)
+    result = run_on_worker(session, prepared).result
+    session.apply(prepared, result)
+    maps = {prompt: find_probability_map(scene, segmentation, prompt) for prompt in ("liver", "left kidney")}
+    assert maps["liver"].GetName() == f"{segmentation.GetName()} – liver probability"
+    for value, prompt in prepared.prompts.items():
+        assert volume_geometry(maps[prompt]).same_grid(volume_geometry(volume))
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(maps[prompt]), result.full_probabilities()[value])
+    volumes = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    rerun = session.prepare_segment(volume, segmentation, "liver", "mri", options)
+    result = run_on_worker(session, rerun).result
+    session.apply(rerun, result)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes
+    assert find_probability_map(scene, segmentation, "liver") is maps["liver"]
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(maps["liver"]), result.full_probabilities()[1])
 
 
 def test_an_unchanged_volume_is_not_read_again_for_the_next_request(scene, session, volume):

@@ -183,7 +183,7 @@ def test_restore_keeps_an_unrelated_segment_painted_after_the_result(segmentatio
 
 
 def test_labels_that_do_not_fill_their_box_are_refused_and_nothing_is_written(segmentation, volume):
-    with pytest.raises(InputError, match="do not fill their box"):
+    with pytest.raises(InputError, match="does not fill its box"):
         write_results(segmentation, volume, np.ones((2, 2, 2), np.int16), Box((0, 0, 0), (3, 3, 3)), {1: "liver"})
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 0
 

@@ -10,9 +10,10 @@ from slicer_fixtures import add_segmentation, add_volume, oblique_geometry, scen
 
 from MedalSLib.client import JobProgress, SegmentationResult
 from MedalSLib.errors import InputError
+from MedalSLib.probability_maps import find_probability_map
 from MedalSLib.prompts import painted_masks
 from MedalSLib.results import find_segment, new_segmentation
-from MedalSLib.scene import Box, oriented_image, read_volume
+from MedalSLib.scene import Box, oriented_image, read_volume, volume_geometry
 from MedalSLib.session import (EngineChoice, EngineOptions, SegmentationSession, describe_progress, from_inclusive,
                                inclusive, labels_over)
 
@@ -83,9 +84,10 @@ def test_segment_request_needs_a_volume_and_a_segmentation(session, volume, segm
 
 
 def test_engine_options_become_protocol_options_with_an_inclusive_box():
-    options = EngineOptions(stages=("coarse",), refine_iterations=2, keep_largest=True)
+    options = EngineOptions(stages=("coarse",), refine_iterations=2, keep_largest=True, probabilities=True)
     assert options.for_protocol(Box((1, 2, 3), (4, 5, 6))) == {
-        "stages": ["coarse"], "refine_iterations": 2, "keep_largest": True, "box": [1, 3, 2, 4, 3, 5]}
+        "stages": ["coarse"], "refine_iterations": 2, "keep_largest": True, "probabilities": True,
+        "box": [1, 3, 2, 4, 3, 5]}
     assert "box" not in options.for_protocol(None)
 
 
@@ -104,6 +106,21 @@ def test_applied_text_result_becomes_named_segments(session, volume, segmentatio
     stats = session.apply(request, result_of(organ(), Box((2, 10, 10), (6, 20, 20))))
     assert find_segment(segmentation, "liver") and find_segment(segmentation, "spleen")
     assert stats["liver"]["voxels"] == 400 and stats["spleen"] == {}
+
+
+def test_applied_probabilities_become_one_volume_per_structure_on_the_input_grid(scene, session, volume,
+                                                                                segmentation):
+    box = Box((2, 10, 10), (6, 20, 20))
+    probability = np.full(box.shape, 0.75, np.float32)
+    result = result_of(organ(), box)
+    result = SegmentationResult(result.labels, result.box, SHAPE, result.stats, "ct", {2: probability})
+    session.apply(session.prepare_segment(volume, segmentation, "liver\nspleen"), result)
+    node = find_probability_map(scene, segmentation, "spleen")
+    expected = np.zeros(SHAPE, np.float32)
+    expected[box.slices] = 0.75
+    assert find_probability_map(scene, segmentation, "liver") is None
+    assert volume_geometry(node).same_grid(volume_geometry(volume))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), expected)
 
 
 def test_refine_without_painted_seeds_is_refused(session, volume, segmentation):

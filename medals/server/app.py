@@ -9,6 +9,9 @@
     GET  /v1/jobs/{job_id}          JobStatus: state, queue position, stage, windows done/total, ETA (long poll)
     POST /v1/jobs/{job_id}/cancel   stops the job within one window
     GET  /v1/jobs/{job_id}/labels   binary body: zlib of int16 labels over the result box
+    GET  /v1/jobs/{job_id}/probabilities/{label}
+                                    binary body: zlib of one prompt's probabilities over the result box, as
+                                    uint8 v standing for v / 255 (jobs run with options.probabilities)
 
 No route reads or writes files, and no CORS headers are sent: browsers on other origins cannot call it.
 """
@@ -29,9 +32,10 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import MedalSError
+from ..pipeline.request import MAX_LABEL
 from . import wire
 from .cache import CachedImage, ImageCache
-from .errors import JobNotFinished, PayloadTooLarge, Unauthorized, error_body
+from .errors import JobNotFinished, PayloadTooLarge, ProbabilityMapNotFound, Unauthorized, error_body
 from .jobs import SUCCEEDED, Job, JobQueue
 from .protocol import (API_PREFIX, IMAGE_ID_PATTERN, JOB_ID_PATTERN, PROTOCOL_VERSION, ErrorBody, Health,
                        ImageRecord, Info, JobRequest, JobStatus, Limits)
@@ -50,8 +54,12 @@ HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_t
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413)}
 BINARY_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
-BINARY_RESPONSE = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+BINARY_CONTENT = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+LABELS_RESPONSE = {"content": BINARY_CONTENT,
                    "description": "zlib of the int16 labels over the box, little-endian, C order (k, j, i)"}
+PROBABILITY_RESPONSE = {"content": BINARY_CONTENT,
+                        "description": f"zlib of the uint8 probabilities over the box, C order (k, j, i): value v "
+                                      f"stands for v / {wire.PROBABILITY_SCALE}"}
 
 
 class Guard:
@@ -224,20 +232,40 @@ def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> F
         return job_status(queue.cancel(job_id), queue)
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}/labels", response_class=Response,
-             responses={200: BINARY_RESPONSE, 409: {"model": ErrorBody}, **ERRORS})
+             responses={200: LABELS_RESPONSE, 409: {"model": ErrorBody}, **ERRORS})
     def job_labels(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)]):
         """The labels over the result box; box, shape and dtype are in the job's `result` and in headers."""
-        job = queue.get(job_id)
-        if job.state != SUCCEEDED:
-            raise JobNotFinished(f"job {job_id} is {job.state}, it has no labels"
-                                 + (f": {job.error}" if job.error is not None else ""))
-        info = job.result.info
-        return Response(job.result.labels, media_type="application/octet-stream", headers={
-            "X-Medals-Dtype": info["dtype"], "X-Medals-Shape": ",".join(map(str, info["shape"])),
-            "X-Medals-Box": ",".join(map(str, info["box"]))})
+        outcome = finished_outcome(queue.get(job_id), "labels")
+        return box_array(outcome.labels, outcome.info["dtype"], outcome.info)
+
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}/probabilities/{{label}}", response_class=Response,
+             responses={200: PROBABILITY_RESPONSE, 409: {"model": ErrorBody}, **ERRORS})
+    def job_probabilities(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)],
+                          label: Annotated[int, Path(ge=1, le=MAX_LABEL, description="A prompt's label value")]):
+        """One prompt's probability map over the result box, as uint8 (v stands for v / 255)."""
+        outcome = finished_outcome(queue.get(job_id), "probability maps")
+        if label not in outcome.probabilities:
+            kept = ", ".join(map(str, sorted(outcome.probabilities))) or "none: submit it with options.probabilities"
+            raise ProbabilityMapNotFound(f"job {job_id} has no probability map for label {label} (it has {kept})")
+        return box_array(outcome.probabilities[label], "uint8", outcome.info)
 
     app.openapi = lambda: openapi_document(app, token is not None)
     return app
+
+
+def finished_outcome(job: Job, what: str):
+    """The `engine.JobOutcome` of a job that succeeded; JobNotFinished (409) saying why there is no `what` else."""
+    if job.state != SUCCEEDED:
+        raise JobNotFinished(f"job {job.id} is {job.state}, it has no {what}"
+                             + (f": {job.error}" if job.error is not None else ""))
+    return job.result
+
+
+def box_array(body: bytes, dtype: str, info: dict) -> Response:
+    """A compressed array over the result box, with its dtype, shape and box in headers."""
+    return Response(body, media_type="application/octet-stream", headers={
+        "X-Medals-Dtype": dtype, "X-Medals-Shape": ",".join(map(str, info["shape"])),
+        "X-Medals-Box": ",".join(map(str, info["box"]))})
 
 
 def finish_upload(inflater: wire.ExactInflater, dtype: str, shape, spacing) -> CachedImage:

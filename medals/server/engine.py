@@ -37,10 +37,12 @@ class SegmentCall:
 
 @dataclass(frozen=True)
 class JobOutcome:
-    """A finished job: `info` (protocol ResultInfo) and the zlib of its int16 labels over `info["box"]`."""
+    """A finished job: `info` (protocol ResultInfo), the zlib of its int16 labels over `info["box"]`, and by
+    prompt label value the zlib of its probability map over the same box, quantized to uint8 (`wire`)."""
 
     info: dict
     labels: bytes
+    probabilities: dict[int, bytes]
 
 
 def check_box(box, shape, what: str) -> tuple[int, int, int, int, int, int]:
@@ -113,7 +115,7 @@ def check_options(request: JobRequest, shape) -> SegmentOptions:
     return SegmentOptions(stages=tuple(options.stages), refine_iterations=options.refine_iterations,
                           instance=options.instance, keep_largest=options.keep_largest,
                           merge_masks_with_coarse=options.merge_masks_with_coarse, box=box,
-                          window_batch=options.window_batch)
+                          window_batch=options.window_batch, probabilities=options.probabilities)
 
 
 def published_vocabulary(vocabulary: Vocabulary) -> list[dict]:
@@ -158,18 +160,22 @@ class Engine:
                            check_masks(request, shape), check_options(request, shape))
 
     def run(self, job: Job) -> JobOutcome:
-        """The job function: segment, then keep the labels over the result box, compressed."""
+        """The job function: segment, then keep the labels (and probability maps) over the result box, compressed."""
         call: SegmentCall = job.payload
         result = segment(self.model, call.image, call.spacing, call.prompts, modality=call.modality,
                          masks=call.masks, options=call.options,
                          progress=lambda event: job.report(event.stage, event.done, event.total, event.message),
                          cancel=job.cancel, device=self.device)
-        labels = np.ascontiguousarray(result.labels[box_slices(result.box)], dtype=np.int16)
+        box = box_slices(result.box)
+        labels = np.ascontiguousarray(result.labels[box], dtype=np.int16)
+        probabilities = {label: wire.deflate_array(wire.quantize_probability(probability[box]))
+                         for label, probability in (result.probabilities or {}).items()}
         stats = {str(label): {"name": str(values["name"]), "voxels": int(values["voxels"]),
                               "volume_ml": float(values["volume_ml"]),
                               "mean_confidence": None if values.get("mean_confidence") is None
                               else float(values["mean_confidence"])}
                  for label, values in result.stats.items()}
         info = {"box": [int(v) for v in result.box], "shape": list(labels.shape), "dtype": "int16",
-                "image_shape": list(call.image.shape), "modality": result.modality, "stats": stats}
-        return JobOutcome(info, wire.deflate_array(labels))
+                "image_shape": list(call.image.shape), "modality": result.modality, "stats": stats,
+                "probabilities": sorted(probabilities)}
+        return JobOutcome(info, wire.deflate_array(labels), probabilities)

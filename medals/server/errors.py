@@ -34,8 +34,14 @@ class JobNotFound(MedalSError):
     http_status = 404
 
 
+class ProbabilityMapNotFound(MedalSError):
+    """The job kept no probability map for this label (not one of its prompts, or not asked for)."""
+
+    http_status = 404
+
+
 class JobNotFinished(MedalSError):
-    """The job's labels were asked for before it succeeded."""
+    """The job's labels or probability maps were asked for before it succeeded."""
 
     http_status = 409
 

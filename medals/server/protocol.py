@@ -2,8 +2,9 @@
 
 Axis order everywhere is numpy (k, j, i); spacing is in mm in the same order; boxes are
 (k0, k1, j0, j1, i0, i1) with inclusive ends. Arrays travel as zlib-compressed little-endian bytes:
-images as the binary body of an upload, labels as the binary body of a result, masks inside a job request
-as base64 text of the same zlib bytes.
+images as the binary body of an upload, labels and probability maps as binary bodies of a result, masks
+inside a job request as base64 text of the same zlib bytes. Probabilities travel as uint8: value v stands
+for v / 255 (see `wire.quantize_probability`).
 """
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ class MaskBody(Strict):
 
 
 class OptionsBody(Strict):
-    """How to run a job (the pipeline's SegmentOptions; probability maps are not sent in protocol v1)."""
+    """How to run a job (the pipeline's SegmentOptions)."""
 
     stages: list[Literal["coarse", "fine"]] = Field(["coarse", "fine"], min_length=1, max_length=2,
                                                     description="Stages to run, in order")
@@ -144,6 +145,8 @@ class OptionsBody(Strict):
                                                             "replace them)")
     box: Box | None = Field(None, description="Recompute only this region, e.g. around an edit")
     window_batch: int = Field(1, ge=1, le=64, description="Windows per network forward")
+    probabilities: bool = Field(False, description="Also keep each prompt's probability map over the result box, "
+                                                   "for GET /v1/jobs/{job_id}/probabilities/{label}")
 
 
 class JobRequest(Strict):
@@ -172,6 +175,8 @@ class ResultInfo(Strict):
     image_shape: list[int]
     modality: str | None
     stats: dict[str, ClassStats] = Field(description="label value (as text) → statistics")
+    probabilities: list[int] = Field(description="Label values of the prompts whose probability map can be fetched "
+                                                 "(empty unless options.probabilities)")
 
 
 class JobStatus(Strict):

@@ -44,10 +44,7 @@ def client_module():
 
 def options_body(options: SegmentOptions) -> dict:
     """SegmentOptions as the protocol's `options` object."""
-    if options.probabilities:
-        raise InputError("probability maps are not sent over protocol v1; run without --server to get them")
     values = dataclasses.asdict(options)
-    del values["probabilities"]
     values["stages"] = list(options.stages)
     values["box"] = list(options.box) if options.box is not None else None
     return values
@@ -58,7 +55,8 @@ def segment_remote(url: str, image: np.ndarray, spacing, prompts: list[Prompt], 
                    options: SegmentOptions = SegmentOptions(), progress: Callable[[ProgressEvent], None] | None = None,
                    cancel: threading.Event | None = None, timeout: float = 60.0, retries: int = 3) -> SegmentResult:
     """`pipeline.segment` run by the engine at `url`: image (k, j, i), spacing in mm (k, j, i), masks as label →
-    (k, j, i) uint8 on the image grid. Returns labels on the whole grid; `probabilities` is always None.
+    (k, j, i) uint8 on the image grid. Returns labels on the whole grid, and with `options.probabilities` each
+    prompt's probability map on the whole grid too (0 outside the box; sent in steps of 1/255).
 
     Errors come back as MedalSError subclasses (InputError for a refused request, Cancelled, OutOfMemory, or
     MedalSError when the engine cannot be reached or speaks another protocol). `timeout` bounds each socket
@@ -80,4 +78,5 @@ def segment_remote(url: str, image: np.ndarray, spacing, prompts: list[Prompt], 
         raise ERROR_KINDS.get(error.code, MedalSError)(f"engine at {url}: {error}") from None
     except client.ModuleError as error:
         raise MedalSError(str(error)) from None
-    return SegmentResult(result.full_labels(), result.box, result.stats, None, result.modality)
+    probabilities = result.full_probabilities() if options.probabilities else None
+    return SegmentResult(result.full_labels(), result.box, result.stats, probabilities, result.modality)

@@ -18,6 +18,9 @@ from ..errors import InputError
 IMAGE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 """Voxel types an uploaded image may have (sent little-endian)."""
 
+PROBABILITY_SCALE = 255
+"""Probabilities travel as uint8 v = round(p · 255): v / 255 is within 1/510 of the engine's value."""
+
 COMPRESSION_LEVEL = 1
 """zlib level for arrays the server sends: labels are mostly background, so level 1 is nearly as small as 9."""
 
@@ -118,6 +121,11 @@ def deflate_array(array: np.ndarray) -> bytes:
     """zlib of the array's little-endian bytes in C order (dtype and shape travel separately)."""
     little = array.astype(array.dtype.newbyteorder("<"), copy=False)
     return zlib.compress(np.ascontiguousarray(little).tobytes(), COMPRESSION_LEVEL)
+
+
+def quantize_probability(probability: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] (any float array) → uint8 round(p · 255) of the same shape, the wire's form."""
+    return np.rint(np.clip(probability, 0.0, 1.0) * PROBABILITY_SCALE).astype(np.uint8)
 
 
 def decode_base64(text: str, what: str) -> bytes:

@@ -3,6 +3,7 @@
 - `scene`: MRML volumes ⇄ numpy arrays in (k, j, i) order with their geometry, volume fingerprints.
 - `prompts`: prompt text ⇄ structure names, painted segments ⇄ per-prompt masks on the volume's grid.
 - `results`: engine labels → one named, coloured segment per prompt, with undo.
+- `probability_maps`: engine probability maps → one scalar volume per prompt, updated in place.
 - `launcher`: a local engine process on a loopback port.
 - `jobs`: one persistent worker thread that runs engine requests off the GUI thread.
 - `client`: the engine's HTTP protocol.

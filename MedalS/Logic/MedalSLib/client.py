@@ -36,6 +36,8 @@ PROTOCOL_VERSION = 1
 
 IMAGE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
+PROBABILITY_SCALE = 255
+"""Probability maps travel as uint8: value v stands for v / 255."""
 
 
 class EngineUnavailable(ModuleError):
@@ -124,19 +126,31 @@ class JobProgress:
 
 @dataclass(frozen=True)
 class SegmentationResult:
-    """Labels over the changed box only, with per-label statistics (name, voxels, volume_ml, mean_confidence)."""
+    """Labels over the changed box only, with per-label statistics (name, voxels, volume_ml, mean_confidence).
+
+    probabilities: prompt label value → float32 (k, j, i) probability in [0, 1] over the same box (empty unless
+    the job was run with the `probabilities` option); the engine sends them in steps of 1/255.
+    """
 
     labels: np.ndarray
     box: tuple[int, int, int, int, int, int]
     image_shape: tuple[int, int, int]
     stats: dict[int, dict] = field(default_factory=dict)
     modality: str | None = None
+    probabilities: dict[int, np.ndarray] = field(default_factory=dict)
 
     def full_labels(self) -> np.ndarray:
         """(k, j, i) int16 labels on the whole image grid, zero outside the box."""
-        full = np.zeros(self.image_shape, np.int16)
+        return self._on_image_grid(self.labels)
+
+    def full_probabilities(self) -> dict[int, np.ndarray]:
+        """Label value → (k, j, i) float32 probability on the whole image grid, zero outside the box."""
+        return {label: self._on_image_grid(probability) for label, probability in self.probabilities.items()}
+
+    def _on_image_grid(self, array: np.ndarray) -> np.ndarray:
+        full = np.zeros(self.image_shape, array.dtype)
         k0, k1, j0, j1, i0, i1 = self.box
-        full[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] = self.labels
+        full[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] = array
         return full
 
 
@@ -335,19 +349,22 @@ class EngineClient:
 
     def labels(self, job_id: str) -> tuple[np.ndarray, tuple[int, ...]]:
         """(labels over the box as (k, j, i) int16, box) of a succeeded job."""
-        reply = self._request("GET", f"/v1/jobs/{quote(job_id)}/labels")
-        shape = tuple(int(n) for n in reply.headers["x-medals-shape"].split(","))
-        box = tuple(int(n) for n in reply.headers["x-medals-box"].split(","))
-        raw = zlib.decompress(reply.body)
-        if len(raw) != 2 * int(np.prod(shape)):
-            raise ProtocolMismatch(f"the engine sent {len(raw)} label bytes for a box of shape {shape}")
-        return np.frombuffer(raw, "<i2").reshape(shape).astype(np.int16), box
+        return self._box_array(f"/v1/jobs/{quote(job_id)}/labels", "<i2", "label")
+
+    def probabilities(self, job_id: str, label: int) -> np.ndarray:
+        """One prompt's probability over the box, (k, j, i) float32 in [0, 1], of a job run with the
+        `probabilities` option (the engine sends uint8 v for v / 255)."""
+        quantized, _ = self._box_array(f"/v1/jobs/{quote(job_id)}/probabilities/{int(label)}", "u1", "probability")
+        return quantized.astype(np.float32) / PROBABILITY_SCALE
 
     def result(self, state: JobProgress) -> SegmentationResult:
+        """The labels, statistics and (when kept) probability maps of a succeeded job."""
         labels, box = self.labels(state.job_id)
         info = state.result
         return SegmentationResult(labels, box, tuple(info["image_shape"]),
-                                  {int(label): stats for label, stats in info["stats"].items()}, info["modality"])
+                                  {int(label): stats for label, stats in info["stats"].items()}, info["modality"],
+                                  {int(label): self.probabilities(state.job_id, label)
+                                   for label in info["probabilities"]})
 
     def segment(self, image: ImageRef, prompts, *, modality: str | None = None, masks: dict | None = None,
                 mode: str | None = None, options: dict | None = None,
@@ -358,6 +375,17 @@ class EngineClient:
         return self.result(self.wait(job.job_id, progress, cancel, poll_interval))
 
     # -- transport --------------------------------------------------------------------------------------------
+
+    def _box_array(self, path: str, dtype: str, what: str) -> tuple[np.ndarray, tuple[int, ...]]:
+        """(array over the result box in native byte order, box) from a binary reply with shape and box headers."""
+        reply = self._request("GET", path)
+        shape = tuple(int(n) for n in reply.headers["x-medals-shape"].split(","))
+        box = tuple(int(n) for n in reply.headers["x-medals-box"].split(","))
+        raw = zlib.decompress(reply.body)
+        wire = np.dtype(dtype)
+        if len(raw) != wire.itemsize * int(np.prod(shape)):
+            raise ProtocolMismatch(f"the engine sent {len(raw)} {what} bytes for a box of shape {shape}")
+        return np.frombuffer(raw, wire).reshape(shape).astype(wire.newbyteorder("=")), box
 
     def _during_job(self, job_id: str, call, *args):
         try:

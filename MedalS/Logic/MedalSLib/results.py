@@ -198,7 +198,7 @@ def write_results(segmentation_node, volume_node, labels: np.ndarray, box: Box, 
     """
     check_same_transform(volume_node, segmentation_node)
     geometry = volume_geometry(volume_node)
-    _check_box(labels, box, geometry)
+    check_box(labels, box, geometry)
     segmentation = segmentation_node.GetSegmentation()
     if segmentation.GetSourceRepresentationName() != "Binary labelmap":
         raise InputError(f"segmentation '{segmentation_node.GetName()}' is stored as "
@@ -231,9 +231,10 @@ def write_results(segmentation_node, volume_node, labels: np.ndarray, box: Box, 
     return snapshot
 
 
-def _check_box(labels: np.ndarray, box: Box, geometry: VolumeGeometry) -> None:
-    if tuple(labels.shape) != box.shape:
-        raise InputError(f"labels of shape {tuple(labels.shape)} do not fill their box of shape {box.shape}")
+def check_box(array: np.ndarray, box: Box, geometry: VolumeGeometry) -> None:
+    """InputError unless `array` (k, j, i) fills `box` exactly and the box lies inside `geometry`'s grid."""
+    if tuple(array.shape) != box.shape:
+        raise InputError(f"a result of shape {tuple(array.shape)} does not fill its box of shape {box.shape}")
     if min(box.start) < 0 or any(stop > n for stop, n in zip(box.stop, geometry.shape)):
         raise InputError(f"the result box {box.start}–{box.stop} lies outside the volume of shape {geometry.shape}")
 

@@ -2,7 +2,7 @@
 
 1. `prepare_segment` / `prepare_refine` (GUI thread): read voxels, prompts and painted seeds from the scene.
 2. `run` (worker thread): upload the volume if the engine does not hold it, run the job, fetch the labels.
-3. `apply` (GUI thread): write the labels into segments and keep what undoes them.
+3. `apply` (GUI thread): write the labels into segments and keep what undoes them; write probability maps.
 
 Between requests the session keeps the engine client and what it said about itself, the last uploaded
 volume (by fingerprint, so an unchanged volume is neither copied nor hashed again), each segmentation's
@@ -18,6 +18,7 @@ from .client import EngineClient, ImageRef, JobProgress, SegmentationResult, Str
 from .errors import InputError
 from .jobs import Progress, Request
 from .launcher import LocalEngine
+from .probability_maps import write_probability_maps
 from .prompts import edited_region, painted_masks, parse_prompts, segments_by_prompt
 from .results import ResultSnapshot, write_results
 from .scene import Box, VolumeGeometry, read_volume, volume_fingerprint, volume_geometry
@@ -36,17 +37,19 @@ class EngineOptions:
         high resolution, prompted by the coarse labels and/or the painted masks), or both.
     refine_iterations: self-refinement passes per window, each prompted by the window's own prediction.
     keep_largest: keep only the largest connected piece of every structure.
+    probabilities: also bring back each structure's probability map (written as one volume per structure).
     """
 
     stages: tuple[str, ...] = STAGE_CHOICES[0]
     refine_iterations: int = 0
     keep_largest: bool = False
+    probabilities: bool = False
 
     def for_protocol(self, region: Box | None) -> dict:
         if self.stages not in STAGE_CHOICES:
             raise InputError(f"stages {self.stages} are not one of {STAGE_CHOICES}")
         options = {"stages": list(self.stages), "refine_iterations": self.refine_iterations,
-                   "keep_largest": self.keep_largest}
+                   "keep_largest": self.keep_largest, "probabilities": self.probabilities}
         if region is not None:
             options["box"] = inclusive(region)
         return options
@@ -248,7 +251,8 @@ class SegmentationSession:
             cancel=request.cancel_requested if request is not None else None)
 
     def apply(self, prepared: PreparedRequest, result: SegmentationResult) -> dict[str, dict]:
-        """Write the result into its segmentation (GUI thread); returns prompt → the engine's statistics."""
+        """Write the result into its segmentation, and its probability maps (if any) into one volume per
+        structure (GUI thread); returns prompt → the engine's statistics."""
         volume_node = self._node(prepared.volume_id, "input volume")
         segmentation_node = self._node(prepared.segmentation_id, "output segmentation")
         if volume_fingerprint(volume_node) != prepared.fingerprint:
@@ -259,6 +263,11 @@ class SegmentationSession:
             region, labels = prepared.region, labels_over(result, prepared.region)
         snapshot = write_results(segmentation_node, volume_node, labels, region, prepared.prompts,
                                  only_inside_box=prepared.region is not None, vocabulary=self.vocabulary)
+        if result.probabilities:
+            write_probability_maps(segmentation_node, volume_node,
+                                   {prompt: result.probabilities[value] for value, prompt in prepared.prompts.items()
+                                    if value in result.probabilities},
+                                   from_inclusive(result.box), only_inside_box=prepared.region is not None)
         key = (prepared.segmentation_id, prepared.fingerprint)
         self._undo = (self._undo + [_UndoEntry(snapshot, key, self._baselines.get(key))])[-UNDO_DEPTH:]
         prompts = list(prepared.prompts.values())
