@@ -2,6 +2,10 @@
 
 Once it listens it prints one line, `MEDALS_SERVER_READY http://HOST:PORT`, on stdout; with `--port 0` the
 system picks a free port and that line is how the Slicer launcher and the tests find it.
+
+With `--exit-with-parent` the server shuts down once its stdin reaches end of file. A parent that keeps the
+write end of a pipe to the server's stdin open (the Slicer launcher does) thereby takes the server with it
+when it ends in any way, a crash or a kill included: the system closes the pipe of a process that died.
 """
 from __future__ import annotations
 
@@ -9,6 +13,9 @@ import ipaddress
 import logging
 import os
 import socket
+import sys
+import threading
+import time
 
 from .errors import InputError
 from .server.protocol import Limits
@@ -16,6 +23,10 @@ from .server.protocol import Limits
 READY_MARKER = "MEDALS_SERVER_READY"
 TOKEN_VARIABLE = "MEDALS_SERVER_TOKEN"
 MIB = 1 << 20
+EXIT_GRACE_SECONDS = 15.0
+"""After its parent is gone, how long the server may take to shut down cleanly before it is ended outright."""
+
+log = logging.getLogger("medals.server")
 
 
 def is_loopback(host: str) -> bool:
@@ -48,6 +59,29 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def exit_when_stdin_closes(server, grace_seconds: float = EXIT_GRACE_SECONDS) -> threading.Thread:
+    """Watch stdin on a daemon thread: at end of file ask the uvicorn `server` to shut down, and end the process
+    outright if it is still running `grace_seconds` later (a job stuck in a long kernel, say)."""
+    if sys.stdin is None:
+        raise InputError("--exit-with-parent watches stdin, but this process has none: start it with a pipe on stdin")
+    stdin = sys.stdin.fileno()
+
+    def watch():
+        try:
+            while os.read(stdin, 4096):  # whatever the parent writes is ignored; b"" is end of file
+                pass
+        except OSError:  # a stdin that can no longer be read is as good as closed
+            pass
+        log.warning("stdin closed: the process that started this server is gone; shutting down")
+        server.should_exit = True
+        time.sleep(grace_seconds)
+        os._exit(1)
+
+    watchdog = threading.Thread(target=watch, name="medals-parent-watchdog", daemon=True)
+    watchdog.start()
+    return watchdog
+
+
 def limits_from(args) -> Limits:
     return Limits(max_upload_bytes=int(args.max_upload_mb * MIB), max_request_bytes=int(args.max_request_mb * MIB),
                   max_voxels=args.max_voxels, max_prompts=args.max_prompts, cache_bytes=int(args.cache_mb * MIB))
@@ -71,10 +105,13 @@ def run_serve(args) -> int:
             if self.started:
                 print(f"{READY_MARKER} {url}", flush=True)
 
-    logging.getLogger("medals.server").setLevel(args.log_level.upper())
+    log.setLevel(args.log_level.upper())
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level == "debug",
                             timeout_graceful_shutdown=5)
-    AnnouncingServer(config).run(sockets=[sock])
+    server = AnnouncingServer(config)
+    if args.exit_with_parent:
+        exit_when_stdin_closes(server)
+    server.run(sockets=[sock])
     return 0
 
 
@@ -100,4 +137,7 @@ def register(subparsers) -> None:
     serve.add_argument("--max-voxels", type=int, default=defaults.max_voxels, help="largest image, in voxels")
     serve.add_argument("--max-prompts", type=int, default=defaults.max_prompts, help="most prompts in one job")
     serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--exit-with-parent", action="store_true",
+                       help="shut down when stdin reaches end of file: a parent holding a pipe to it (as Slicer "
+                            "does) takes the server with it when it ends, even by a crash")
     serve.set_defaults(func=run_serve)

@@ -31,10 +31,10 @@ def medals_home(tmp_path_factory):
     return home
 
 
-def start_server(medals_home, *args: str, port: int = 0) -> ServerProcess:
+def start_server(medals_home, *args: str, port: int = 0, stdin=None) -> ServerProcess:
     """`medals serve --port PORT --model tiny --device cpu ARGS` with MEDALS_HOME set, started and ready."""
     env = {**os.environ, "MEDALS_HOME": str(medals_home)}
-    server = ServerProcess(["--model", "tiny", "--device", "cpu", *args], port=port, env=env)
+    server = ServerProcess(["--model", "tiny", "--device", "cpu", *args], port=port, env=env, stdin=stdin)
     server.start()
     return server
 

@@ -4,13 +4,17 @@ The engine serves the tiny random test model (`medals.weights.testing`): it segm
 but every step is real — process start on a free loopback port with a token, protocol check, volume upload,
 two-stage job with progress, labels back, segments written into a real MRML scene, refinement, cancel.
 """
+import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import slicer
-from slicer_fixtures import add_volume, oblique_geometry, scene  # noqa: F401
+from slicer_fixtures import MODULE_DIR, add_volume, oblique_geometry, scene  # noqa: F401
 
 from MedalSLib.client import EngineError, JobCancelled
 from MedalSLib.jobs import Worker
@@ -65,6 +69,48 @@ def run_on_worker(session, prepared):
 def segment_mask(segmentation, volume, name):
     return painted_masks(segmentation, segments_by_prompt(segmentation, [name]), volume).get(
         name, np.zeros(SHAPE, np.uint8))
+
+
+PARENT = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from MedalSLib.launcher import LocalEngine
+choice = json.loads(sys.argv[2])
+engine = LocalEngine(choice["command"], env=choice["env"])
+engine.start()
+print(engine.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of a process (Linux /proc), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def test_the_local_engine_exits_when_the_process_that_started_it_is_killed(choice):
+    """Slicer crashing: its engine must not live on holding the GPU (SIGKILL runs no atexit, no cleanup)."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(MODULE_DIR / "Logic"),
+                               json.dumps({"command": list(choice.command), "env": choice.env})],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        engine_pid = int(parent.stdout.readline())
+        assert process_state(engine_pid) not in (None, "Z")
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    try:
+        while process_state(engine_pid) not in (None, "Z"):  # a zombie has exited (its new parent may not reap it)
+            assert time.monotonic() < deadline, "the engine outlived the process that started it by 10 s"
+            time.sleep(0.1)
+    finally:
+        if process_state(engine_pid) not in (None, "Z"):
+            os.kill(engine_pid, signal.SIGKILL)
 
 
 def test_a_running_local_engine_is_reused_not_restarted(choice, engine):

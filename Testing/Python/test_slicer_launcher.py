@@ -69,8 +69,8 @@ def get(url: str, token: str | None = None) -> tuple[int, bytes]:
 def test_engine_command_serves_on_a_free_loopback_port():
     command = engine_command("/opt/python", device="cuda:1", model="official")
     assert command[:3] == ["/opt/python", "-m", "medals.cli"]
-    assert command[3:8] == ["serve", "--host", "127.0.0.1", "--port", "0"]
-    assert command[8:] == ["--device", "cuda:1", "--model", "official"]
+    assert command[3:9] == ["serve", "--host", "127.0.0.1", "--port", "0", "--exit-with-parent"]
+    assert command[9:] == ["--device", "cuda:1", "--model", "official"]
 
 
 def test_started_engine_answers_at_its_url_with_the_token(stand_in):

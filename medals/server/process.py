@@ -14,23 +14,26 @@ from ..errors import MedalSError
 class ServerProcess:
     """A running `medals serve --port PORT ARGS...`; `url` is known once it printed its ready line.
 
-    `port` 0 (the default) lets the server pick a free port.
+    `port` 0 (the default) lets the server pick a free port. `stdin` is passed to Popen (subprocess.PIPE, with
+    `--exit-with-parent` among the args, makes closing `process.stdin` end the server).
 
     Its stdout and stderr are read on a thread (so the pipe never fills) and the last lines kept for errors.
     """
 
-    def __init__(self, args: list[str], port: int = 0, startup_timeout: float = 180.0, env: dict | None = None):
+    def __init__(self, args: list[str], port: int = 0, startup_timeout: float = 180.0, env: dict | None = None,
+                 stdin=None):
         self.command = [sys.executable, "-m", "medals.cli", "serve", "--port", str(port), *args]
         self.startup_timeout = startup_timeout
         self.env = env
+        self.stdin = stdin
         self.url: str | None = None
         self.lines: deque[str] = deque(maxlen=200)
         self._ready = threading.Event()
         self.process: subprocess.Popen | None = None
 
     def start(self) -> str:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env=self.env)
+        self.process = subprocess.Popen(self.command, stdin=self.stdin, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, env=self.env)
         threading.Thread(target=self._read, name="medals-server-output", daemon=True).start()
         deadline = time.monotonic() + self.startup_timeout
         while not self._ready.wait(0.1):

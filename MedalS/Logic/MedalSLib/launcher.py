@@ -35,8 +35,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def engine_command(python: str, device: str | None = None, model: str | None = None) -> list[str]:
-    """The command that serves the engine from `python` on a free loopback port."""
-    command = [python, "-m", "medals.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
+    """The command that serves the engine from `python` on a free loopback port, until its stdin closes."""
+    command = [python, "-m", "medals.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--exit-with-parent"]
     if device:
         command += ["--device", device]
     if model:
@@ -73,7 +73,9 @@ class LocalEngine:
 
     The process's output is read on a thread all along (a full pipe would block it) and its last lines
     are kept for error messages. The process is stopped when Python exits if nobody stopped it before
-    (Slicer's widget also stops it when the application quits).
+    (Slicer's widget also stops it when the application quits). Its stdin is a pipe that this process holds
+    open and never writes: if Slicer dies without stopping it, the system closes the pipe, and an engine
+    started with `--exit-with-parent` (see `engine_command`) shuts itself down.
     """
 
     def __init__(self, command: list[str], env: dict | None = None, startup_timeout_s: float = 600.0,
@@ -114,7 +116,7 @@ class LocalEngine:
         self._lines.clear()
         try:
             self._process = subprocess.Popen(self.command, env={**self.env, TOKEN_VARIABLE: self.token},
-                                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                              stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
                                              **_no_console_window(), **_own_session())
         except OSError as error:
@@ -129,6 +131,7 @@ class LocalEngine:
                 raise EngineStartError("starting the local engine was cancelled")
             if self._process.poll() is not None:
                 self._reader.join(2.0)
+                self._process.stdin.close()
                 last = self.output(5) or "no output"
                 raise EngineStartError(f"the local engine stopped (exit code {self._process.returncode}) before it "
                                        f"was ready: {last}")
@@ -141,16 +144,18 @@ class LocalEngine:
     def stop(self, timeout_s: float = 10.0) -> None:
         """End the engine: ask politely (terminate), then kill it if it is still there after `timeout_s`."""
         process = self._process
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if self._reader is not None:
-            self._reader.join(2.0)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if self._reader is not None:
+                self._reader.join(2.0)
+        process.stdin.close()
 
     def _read(self, process: subprocess.Popen) -> None:
         for line in process.stdout:
