@@ -14,11 +14,10 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from medals.server.process import ServerProcess
-from medals.server.remote import client_module
-from medals.weights.testing import make_tiny_model
+from MedalSLib import client  # noqa: F401  (the client the tests import from here)
 
-client = client_module()
+from medals.server.process import ServerProcess
+from medals.weights.testing import make_tiny_model
 
 TOKEN = "correct-horse-battery-staple"
 

@@ -5,11 +5,12 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from server_fixtures import client, free_port, medals_home, random_volume, start_server, wait_until  # noqa: F401
 
-from medals.server.remote import LOGIC_DIR
+LOGIC_DIR = Path(__file__).resolve().parents[2] / "MedalS" / "Logic"
 
 PROMPTS = [("liver", 1)]
 LONG_JOB = {"stages": ["fine"], "refine_iterations": 2}

@@ -36,10 +36,9 @@ def run_server_bench(args) -> int:
     from ..pipeline import Prompt, segment
     from ..weights import load_model
     from ..device import pick_device
-    from .process import ServerProcess
-    from .remote import client_module
+    from MedalSLib import client
 
-    client = client_module()
+    from .process import ServerProcess
     device = pick_device(args.device)
     shape, spacing = tuple(args.shape), tuple(args.spacing)
     volume = phantom(shape)

@@ -1,45 +1,24 @@
 """The engine behind a URL, called like `pipeline.segment`: what `medals segment --server URL` uses.
 
-It goes through the same torch-free client as the Slicer module (MedalS/Logic/MedalSLib/client.py), so the
-command line and Slicer exercise one protocol implementation.
+It goes through the same torch-free client as the Slicer module (MedalS/Logic/MedalSLib/client.py, which the
+medals wheel installs as the `MedalSLib` package), so the command line and Slicer exercise one protocol
+implementation.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
-import sys
 import threading
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from MedalSLib import client  # the Slicer module's client package, which the medals wheel carries too
 
 from ..errors import Cancelled, InputError, MedalSError, OutOfMemory
 from ..pipeline.request import ProgressEvent, Prompt, SegmentOptions, SegmentResult
 
-LOGIC_DIR = Path(__file__).resolve().parents[2] / "MedalS" / "Logic"
-
 # The engine's error codes (see medals.server.errors.error_code) → the error the command line reports.
 ERROR_KINDS = {"input_error": InputError, "invalid_request": InputError, "payload_too_large": InputError,
                "out_of_memory": OutOfMemory, "cancelled": Cancelled}
-
-
-def client_module():
-    """`MedalSLib.client`: importable as is inside Slicer, else loaded from this source tree's Slicer module."""
-    try:
-        return importlib.import_module("MedalSLib.client")
-    except ModuleNotFoundError:
-        package = LOGIC_DIR / "MedalSLib"
-        if not (package / "client.py").is_file():
-            raise MedalSError(f"the MedalS client (MedalSLib/client.py) is not in {LOGIC_DIR}; run from a source "
-                              "checkout of MedalS") from None
-        spec = importlib.util.spec_from_file_location("MedalSLib", package / "__init__.py",
-                                                      submodule_search_locations=[str(package)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["MedalSLib"] = module
-        spec.loader.exec_module(module)
-        return importlib.import_module("MedalSLib.client")
 
 
 def options_body(options: SegmentOptions) -> dict:
@@ -62,8 +41,6 @@ def segment_remote(url: str, image: np.ndarray, spacing, prompts: list[Prompt], 
     MedalSError when the engine cannot be reached or speaks another protocol). `timeout` bounds each socket
     operation in seconds; `retries` is how often a dropped connection is tried again.
     """
-    client = client_module()
-
     def report(state) -> None:
         message = state.message or (f"waiting, {state.queue_position} jobs ahead" if state.state == "queued" else "")
         progress(ProgressEvent(state.stage or state.state, state.done, state.total, message))
