@@ -4,6 +4,8 @@ Used to recognise what a user typed ("Kidneys", "left  kidney", "liver in CT"), 
 complete names in Slicer, and to name and colour the resulting segments. The data is `data/vocabulary.json`:
 one entry per structure (bilateral organs also have a left and a right entry), SNOMED CT type codes only where
 Slicer's terminology lists the concept (null otherwise), and category/laterality codes for Slicer's terminology.
+Where the Slicer module's own table (MedalS/Logic/MedalSLib/results.py) lists a structure, its codes and colour
+here are Slicer's General Anatomy values too, so a segment looks the same with or without the engine.
 """
 from __future__ import annotations
 

@@ -7,7 +7,9 @@ from slicer_fixtures import (add_segmentation, add_volume, finer_geometry, obliq
 
 from MedalSLib.errors import InputError
 from MedalSLib.prompts import painted_masks
-from MedalSLib.results import ResultSnapshot, find_segment, hashed_color, segment_appearance, write_results
+from MedalSLib.client import Structure
+from MedalSLib.results import (KNOWN_STRUCTURES, LATERALITY, SYNONYMS, ResultSnapshot, find_segment, hashed_color,
+                               segment_appearance, write_results)
 from MedalSLib.scene import Box, oriented_image, read_volume
 
 SHAPE = (6, 9, 11)
@@ -232,6 +234,26 @@ def test_names_the_engine_lacks_fall_back_on_slicers_table():
     look = segment_appearance("left kidney", [structure("liver", sct=("10200004", "Liver"))])
     assert "^64033007^Kidney~SCT^7771000^Left" in look.terminology
     np.testing.assert_allclose(look.color, np.array([185, 102, 83]) / 255)
+
+
+def engine_structures() -> list[Structure]:
+    """The engine's vocabulary exactly as its info endpoint publishes it and the client parses it."""
+    from medals.server.engine import published_vocabulary
+    from medals.vocabulary import default_vocabulary
+    return [Structure.from_body(body) for body in published_vocabulary(default_vocabulary())]
+
+
+def names_in_the_modules_table() -> list[str]:
+    """Every name the module's own table answers: its structures, their synonyms, their left/right forms."""
+    names = {entry.name for entry in engine_structures()}
+    lateral = [f"{side} {name}" for name in KNOWN_STRUCTURES for side in LATERALITY if f"{side} {name}" in names]
+    return [*KNOWN_STRUCTURES, *SYNONYMS, *lateral]
+
+
+@pytest.mark.parametrize("name", names_in_the_modules_table())
+def test_a_structure_looks_the_same_with_the_engines_vocabulary_as_with_the_modules_table(name):
+    """One look per structure: the engine's data/vocabulary.json must give what Slicer's terminology gives."""
+    assert segment_appearance(name, engine_structures()) == segment_appearance(name)
 
 
 def test_lesion_named_after_its_organ_takes_its_kind_from_the_last_word():

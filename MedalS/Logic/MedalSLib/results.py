@@ -29,7 +29,9 @@ ALTERED = ("SCT", "49755003", "Morphologically Altered Structure")
 LATERALITY = {"left": ("SCT", "7771000", "Left"), "right": ("SCT", "24028007", "Right")}
 
 # Common structures as Slicer's "General Anatomy" terminology lists them: recommended display colour (0–255),
-# SNOMED CT category and type. Left/right variants take the same type with a laterality modifier.
+# SNOMED CT category and type. Left/right variants take the same type with a laterality modifier. The fallback
+# while no engine is connected: the engine's vocabulary (medals/data/vocabulary.json) gives every structure here
+# the same look, which test_slicer_results checks.
 KNOWN_STRUCTURES = {
     "liver": ((221, 130, 101), ANATOMY, ("SCT", "10200004", "Liver")),
     "spleen": ((157, 108, 162), ANATOMY, ("SCT", "78961009", "Spleen")),
