@@ -1,8 +1,8 @@
 """`medals demo`: the README's first command. Segments the bundled brain MRI with the bundled demo model by text
 alone, then again with a painted seed (hybrid mode), and writes both label maps, a report and a PNG figure.
 
-The sample is the MNI ICBM152 template, a brain the demo model never saw in training; its cerebellum reference
-(an atlas label mapped through world coordinates) lets the demo score itself. See
+The sample is the MNI ICBM152 template, a brain the demo model never saw in training; its tissue reference
+(nilearn's gray and white matter probability maps > 0.5) lets the demo score itself. See
 medals/models/medals-demo/MODEL_CARD.md for what the demo model can and cannot do.
 """
 from __future__ import annotations
@@ -23,9 +23,10 @@ from .pipeline import Prompt, segment
 PACKAGE = Path(__file__).resolve().parent
 DEMO_MODEL = PACKAGE / "models" / "medals-demo"
 SAMPLES = PACKAGE / "data" / "samples"
-PROMPTS = (Prompt("left hemisphere", 1), Prompt("right hemisphere", 2), Prompt("cerebellum", 3))
-SEEDED = PROMPTS[2]
-"""The prompt whose seed strokes (medals/data/samples/mni152_cerebellum_seed.nii.gz) drive the hybrid run."""
+PROMPTS = (Prompt("gray matter", 1), Prompt("white matter", 2))
+"""Label values equal the reference's (medals/data/samples/mni152_tissue_reference.nii.gz)."""
+SEEDED = PROMPTS[0]
+"""The prompt whose seed strokes (medals/data/samples/mni152_gray_matter_seed.nii.gz) drive the hybrid run."""
 
 
 def run_demo(args) -> int:
@@ -35,8 +36,8 @@ def run_demo(args) -> int:
     device = pick_device(args.device)
     model = load_model(DEMO_MODEL, device)
     volume = read_volume(SAMPLES / "mni152_t1.nii.gz")
-    seed = read_labels(SAMPLES / "mni152_cerebellum_seed.nii.gz").array > 0
-    reference = read_labels(SAMPLES / "mni152_cerebellum_reference.nii.gz").array > 0
+    seed = read_labels(SAMPLES / "mni152_gray_matter_seed.nii.gz").array > 0
+    reference = read_labels(SAMPLES / "mni152_tissue_reference.nii.gz").array
     image = volume.array.astype(np.float32)
     print(f"MedalS demo: {model.config.name} on {device}, image {volume.shape} (k, j, i) at {volume.spacing} mm")
     print("prompts: " + ", ".join(f'"{p.text}" → {p.label}' for p in PROMPTS))
@@ -53,14 +54,15 @@ def run_demo(args) -> int:
         finally:
             bars.close()
         path = write_labels(result.labels, volume, output / f"{mode}.nii.gz")
-        score = dice(reference, result.labels == SEEDED.label)
+        scores = {p.text: dice(reference == p.label, result.labels == p.label) for p in PROMPTS}
         report[mode] = {"labels": str(path), "seconds": round(time.perf_counter() - start, 1),
-                        "cerebellum_dice_vs_reference": round(score, 4),
+                        "dice_vs_reference": {name: round(score, 4) for name, score in scores.items()},
                         "classes": {str(k): v for k, v in result.stats.items()}}
-        panels[f"{mode} (cerebellum Dice {score:.3f})"] = result.labels
+        panels[f"{mode} (gray matter Dice {scores[SEEDED.text]:.3f})"] = result.labels
         for stats in result.stats.values():
-            print(f"  {stats['name']:<18} {stats['volume_ml']:8.1f} ml   confidence {stats['mean_confidence']:.2f}")
-        print(f"  cerebellum Dice against the atlas reference: {score:.3f}   ({report[mode]['seconds']} s)")
+            print(f"  {stats['name']:<14} {stats['volume_ml']:8.1f} ml   confidence {stats['mean_confidence']:.2f}   "
+                  f"Dice against the reference {scores[stats['name']]:.4f}")
+        print(f"  ({report[mode]['seconds']} s)")
 
     figure = overview_png(image, volume.spacing, panels, {p.label: p.text for p in PROMPTS},
                           output / "demo.png", title="MedalS demo model on the MNI152 T1 (held out)")
