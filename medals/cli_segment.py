@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, ModelNotFound
+from .errors import InputError
 from .intensity import resolve_window, to_model_range
 from .io import Volume, case_name, format_of, list_volume_files, read_volume, write_labels, write_volume
 from .modality import detect_modality
 from .pipeline import Prompt, SegmentOptions, segment
 from .pipeline.request import ProgressEvent
 from .pipeline.zoom import repair_spacing
+from .weights import load_model
 
 DEFAULT_SUFFIX = ".nii.gz"
 
@@ -83,17 +84,6 @@ class StageBars:
         if self.bar is not None:
             self.bar.close()
         self.bar, self.stage = None, None
-
-
-def _load_model(name: str | None, device):
-    from .weights import list_models, load_model
-
-    if name is None:
-        installed = [model.name for model in list_models()]
-        if len(installed) != 1:
-            raise ModelNotFound(f"name the model with --model (installed: {', '.join(installed) or 'none'})")
-        name = installed[0]
-    return load_model(name, device)
 
 
 def _output_paths(inputs: list[Path], output: Path, batch: bool) -> list[Path]:
@@ -169,7 +159,7 @@ def run_segment(args) -> int:
         run = functools.partial(segment_remote, args.server, token=args.token or os.environ.get("MEDALS_SERVER_TOKEN"))
     else:
         device = pick_device(args.device)
-        run = functools.partial(segment, _load_model(args.model, device), device=device)
+        run = functools.partial(segment, load_model(args.model, device), device=device)
     bars = StageBars(not args.quiet)
     reports = []
     for number, (path, target) in enumerate(zip(inputs, outputs), start=1):

@@ -171,3 +171,14 @@ def test_a_packaged_text_tower_is_neither_copied_nor_stored_and_loads_from_its_p
     loaded = load_model(folder)
     for key, value in encoder.state_dict().items():
         assert torch.equal(loaded.text_encoder.state_dict()[key], value), key
+
+
+def test_no_name_means_the_only_installed_model_and_is_refused_among_several(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDALS_HOME", str(tmp_path))
+    with pytest.raises(ModelNotFound, match="installed in .*: none"):
+        resolve_model(None)
+    only = make_tiny_model(tmp_path / "models" / "tiny")
+    assert resolve_model(None) == only
+    make_tiny_model(tmp_path / "models" / "other", name="other")
+    with pytest.raises(ModelNotFound, match="name the model with --model .*other, tiny"):
+        resolve_model(None)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..config import MODALITIES
 from ..device import describe, pick_device
-from ..errors import InputError, ModelNotFound
+from ..errors import InputError
 from ..pipeline import segment
 from ..pipeline.request import Prompt, SegmentOptions
 from ..vocabulary import Vocabulary, default_vocabulary
@@ -139,11 +139,6 @@ class Engine:
     def load(cls, name_or_path: str | None, device: str | None) -> "Engine":
         """Load a model once: an installed name or a model folder; None means the only installed model."""
         installed = [model.name for model in list_models()]
-        if name_or_path is None:
-            if len(installed) != 1:
-                raise ModelNotFound("name the model to serve with --model (installed: "
-                                    f"{', '.join(installed) or 'none'})")
-            name_or_path = installed[0]
         torch_device = pick_device(device)
         model = load_model(name_or_path, torch_device)
         return cls(model, model.config.name, torch_device, installed, published_vocabulary(default_vocabulary()))

@@ -84,7 +84,14 @@ def list_models(home: Path | None = None) -> list[InstalledModel]:
 
 
 def resolve_model(name_or_path, home: Path | None = None) -> Path:
-    """Folder of a model given its store name, or a path to a model folder (a folder with config.json)."""
+    """Folder of a model given its store name, or a path to a model folder (a folder with config.json); None
+    means the only installed model (ModelNotFound, listing them, when there is not exactly one)."""
+    if name_or_path is None:
+        installed = list_models(home)
+        if len(installed) != 1:
+            names = ", ".join(m.name for m in installed) or "none"
+            raise ModelNotFound(f"name the model with --model (installed in {models_dir(home)}: {names})")
+        return models_dir(home) / installed[0].name
     candidate = Path(name_or_path).expanduser()
     if (candidate / CONFIG_FILE).is_file():
         return candidate
