@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast demo-model clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,13 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" Testing/Python
+
+# Retrain the shipped demo model from the packaged data (about 2 h on 2 CPU cores; see its model card).
+demo-model: setup
+	$(PY) scripts/prepare_demo_data.py build/demo-data --heldout build/demo-heldout
+	$(VENV)/bin/medals train configs/demo.json
+	$(VENV)/bin/medals train configs/demo-refine.json
+	$(PY) scripts/evaluate_heldout.py build/demo-refine/model build/demo-heldout --out build/demo-refine/heldout.json
 
 clean:
 	rm -rf $(VENV)

@@ -119,8 +119,8 @@ def segment_file(run, path: Path, output: Path, args, bars: StageBars) -> dict:
                              probabilities=args.probabilities, window_batch=args.window_batch)
     start = time.perf_counter()
     try:
-        result = run(image, spacing, prompts, modality=modality, masks=_masks(args.mask, volume),
-                     options=options, progress=bars)
+        result = run(image, spacing, prompts, direction=None if npz else volume.direction, modality=modality,
+                     masks=_masks(args.mask, volume), options=options, progress=bars)
     finally:
         bars.close()
     seconds = time.perf_counter() - start

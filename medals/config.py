@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .orientation import check_code
+
 MODALITIES = ("ct", "mri", "us", "pet", "microscopy")
 """Modality names in the order of the official modality-embedding table (code = index)."""
 
@@ -124,22 +126,28 @@ class ModelConfig:
     """A complete model as installed in the store: text encoder plus one or two stages.
 
     `stages` maps "coarse" and/or "fine" to their StageConfig; either may be missing (then the pipeline runs
-    the other alone).
+    the other alone). `orientation`: the code of the array orientation the model was trained in (see
+    `medals.orientation`; images are turned to it before segmenting), or None to take arrays as they come (the
+    official model).
     """
 
     name: str
     text: TextConfig = field(default_factory=TextConfig)
     stages: dict = field(default_factory=lambda: {"coarse": OFFICIAL_COARSE, "fine": OFFICIAL_FINE})
     description: str = ""
+    orientation: str | None = None
 
     def to_dict(self) -> dict:
-        return {
+        values = {
             "format": "medals-model/1",
             "name": self.name,
             "description": self.description,
             "text": self.text.to_dict(),
             "stages": {k: v.to_dict() for k, v in self.stages.items()},
         }
+        if self.orientation is not None:
+            values["orientation"] = self.orientation
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
@@ -150,6 +158,7 @@ class ModelConfig:
             description=values.get("description", ""),
             text=TextConfig.from_dict(values["text"]),
             stages={k: StageConfig.from_dict(v) for k, v in values["stages"].items()},
+            orientation=None if values.get("orientation") is None else check_code(values["orientation"]),
         )
 
     def save(self, path: Path) -> None:

@@ -49,8 +49,8 @@ def run_demo(args) -> int:
         print(f"\n{mode}{note}")
         start = time.perf_counter()
         try:
-            result = segment(model, image, volume.spacing, list(PROMPTS), modality="mri", masks=masks,
-                             progress=bars, device=device)
+            result = segment(model, image, volume.spacing, list(PROMPTS), direction=volume.direction,
+                             modality="mri", masks=masks, progress=bars, device=device)
         finally:
             bars.close()
         path = write_labels(result.labels, volume, output / f"{mode}.nii.gz")

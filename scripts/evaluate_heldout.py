@@ -26,7 +26,8 @@ def evaluate(model, heldout: Path) -> list[dict]:
         volume = read_volume(heldout / task["image"])
         reference = read_labels(heldout / task["reference"])
         prompts = [Prompt(text, int(label)) for label, text in task["prompts"].items()]
-        result = segment(model, volume.array.astype(np.float32), volume.spacing, prompts, modality=task["modality"])
+        result = segment(model, volume.array.astype(np.float32), volume.spacing, prompts, direction=volume.direction,
+                         modality=task["modality"])
         scores = semantic_scores(reference.array, result.labels, volume.spacing, [p.label for p in prompts])
         for prompt in prompts:
             score = scores.get(prompt.label, {"dsc": float("nan"), "nsd": float("nan")})

@@ -1,6 +1,7 @@
 """Build the demo model's training set, and its held-out check set, from images that packages install.
 
     python scripts/prepare_demo_data.py build/demo-data [--heldout build/demo-heldout]
+    python scripts/prepare_demo_data.py --heldout build/demo-heldout      # the held-out check set only
 
 Sources (install with scripts/install_data.sh and `pip install nilearn`; nothing is downloaded here):
 * Debian mricron-data, /usr/share/mricron/templates/: ch2.nii.gz (Colin27 T1, 1 mm), ch2bet.nii.gz (the same,
@@ -261,12 +262,16 @@ def build_heldout_set(folder: Path) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", type=Path, help="training-set folder to write (dataset.json, images/, labels/)")
-    parser.add_argument("--heldout", type=Path, help="also write the held-out check set to this folder")
+    parser.add_argument("output", type=Path, nargs="?",
+                        help="training-set folder to write (dataset.json, images/, labels/)")
+    parser.add_argument("--heldout", type=Path, help="write the held-out check set to this folder")
     args = parser.parse_args(argv)
-    facts = build_training_set(args.output)
-    print(f"training set: {args.output / 'dataset.json'}")
-    print(json.dumps(facts, indent=1))
+    if args.output is None and args.heldout is None:
+        parser.error("give a training-set folder, --heldout FOLDER, or both")
+    if args.output:
+        facts = build_training_set(args.output)
+        print(f"training set: {args.output / 'dataset.json'}")
+        print(json.dumps(facts, indent=1))
     if args.heldout:
         tasks = build_heldout_set(args.heldout)
         print(f"held-out set: {len(tasks)} tasks in {args.heldout / 'tasks.json'}")

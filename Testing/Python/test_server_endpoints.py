@@ -109,7 +109,7 @@ def test_upload_answers_with_the_content_id_and_geometry(engine):
     image = random_volume((8, 10, 12), spacing=(2.5, 0.8, 0.7), seed=1, dtype=np.int16)
     record = engine.upload(image)
     assert record == {"image_id": image.image_id, "dtype": "int16", "shape": [8, 10, 12],
-                      "spacing": [2.5, 0.8, 0.7], "nbytes": 8 * 10 * 12 * 2}
+                      "spacing": [2.5, 0.8, 0.7], "direction": None, "nbytes": 8 * 10 * 12 * 2}
     assert engine.has_image(image)
 
 

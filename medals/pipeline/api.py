@@ -14,6 +14,7 @@ import torch
 from ..device import pick_device
 from ..errors import InputError, OutOfMemory
 from ..modality import detect_modality
+from ..orientation import reorientation
 from .labels import instance_labels, keep_largest_components
 from .prompting import random_permutation
 from .request import MAX_LABEL, ProgressEvent, Prompt, SegmentOptions, SegmentResult
@@ -111,14 +112,16 @@ def _statistics(labels: np.ndarray, confidence: np.ndarray, names: dict[int, str
     return stats
 
 
-def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, modality: str | None = None,
-            masks: dict[int, np.ndarray] | None = None, options: SegmentOptions = SegmentOptions(),
-            progress: Callable[[ProgressEvent], None] | None = None, cancel: threading.Event | None = None,
-            device=None) -> SegmentResult:
+def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, direction=None,
+            modality: str | None = None, masks: dict[int, np.ndarray] | None = None,
+            options: SegmentOptions = SegmentOptions(), progress: Callable[[ProgressEvent], None] | None = None,
+            cancel: threading.Event | None = None, device=None) -> SegmentResult:
     """Segment the structures named by `prompts` in a (k, j, i) image on the 0–255 scale.
 
     model: a loaded model (`config.stages`, `nets` by stage name, `text_encoder.encode(texts, modality)`);
-    spacing: (k, j, i) in mm; modality: a modality name (aliases accepted), else detected from the prompts'
+    spacing: (k, j, i) in mm; direction: the image's ITK direction matrix (3×3, or None when unknown) — a model
+    that records its training orientation gets the image turned to it, and everything returned is turned back
+    (`medals.orientation`); modality: a modality name (aliases accepted), else detected from the prompts'
     keywords and the image (`medals.modality`); masks: optional user masks by label value, (k, j, i) on the
     image grid, used as spatial prompts (hybrid mode); progress: called once per window per stage; cancel:
     checked between windows (raises Cancelled); device: "cuda", "cpu", a torch.device or None (auto).
@@ -130,6 +133,11 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, modalit
     box = _check_box(options.box, image.shape)
     stage_names = _check_options(options, model.nets)
     modality = detect_modality([p.text for p in prompts], image, explicit=modality)
+    shape = image.shape
+    turn = reorientation(direction, getattr(model.config, "orientation", None))
+    image, spacing = turn.apply(image), turn.spacing(spacing)
+    masks = {value: turn.apply(mask) for value, mask in masks.items()}
+    box = None if box is None else turn.box(box, shape)
     device = device if isinstance(device, torch.device) else pick_device(device)
 
     stages = {name: StageModel(model.nets[name].to(device).eval(), model.config.stages[name])
@@ -171,5 +179,6 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, modalit
         for value, class_map in zip(label_values, result.class_probabilities):
             probabilities[value] = np.zeros(image.shape, dtype=np.float32)
             probabilities[value][target] = class_map[local]
-    return SegmentResult(full, computed, _statistics(labels, result.confidence[local], names, spacing),
-                         probabilities, modality)
+            probabilities[value] = turn.undo(probabilities[value])
+    return SegmentResult(turn.undo(full), turn.unbox(computed, shape),
+                         _statistics(labels, result.confidence[local], names, spacing), probabilities, modality)

@@ -48,6 +48,7 @@ UPLOAD_PATH = f"{API_PREFIX}/images"
 MAX_WAIT_SECONDS = 10.0
 SHAPE_PATTERN = r"^[0-9]{1,9},[0-9]{1,9},[0-9]{1,9}$"
 SPACING_PATTERN = r"^[^,]+,[^,]+,[^,]+$"
+DIRECTION_PATTERN = r"^[^,]+(,[^,]+){8}$"
 
 # Codes for the errors the framework raises itself (unknown route, wrong method, a body cut off while counting).
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -185,10 +186,14 @@ def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> F
                            shape: Annotated[str, Header(alias="X-Medals-Shape", pattern=SHAPE_PATTERN,
                                                         description="voxels along k,j,i")],
                            spacing: Annotated[str, Header(alias="X-Medals-Spacing", pattern=SPACING_PATTERN,
-                                                          description="mm along k,j,i")]):
+                                                          description="mm along k,j,i")],
+                           direction: Annotated[str | None, Header(
+                               alias="X-Medals-Direction", pattern=DIRECTION_PATTERN,
+                               description="ITK direction matrix (LPS, row-major, 9 numbers); optional: a model "
+                                           "trained in one orientation turns the image to it")] = None):
         """Upload a volume once; later requests name it by the returned id (the SHA-256 of its content)."""
         wire_type = wire.wire_dtype(dtype)
-        dims, mm = wire.parse_shape(shape), wire.parse_spacing(spacing)
+        dims, mm, axes = wire.parse_shape(shape), wire.parse_spacing(spacing), wire.parse_direction(direction)
         voxels = math.prod(dims)
         if voxels > limits.max_voxels:
             raise PayloadTooLarge(f"image of {voxels} voxels is over this server's limit of {limits.max_voxels}")
@@ -199,7 +204,7 @@ def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> F
                 inflater.feed(chunk)
         except ClientDisconnect:
             return Response(status_code=400)  # the client hung up mid-body: nobody is left to read an answer
-        image = await run_in_threadpool(finish_upload, inflater, dtype, dims, mm)
+        image = await run_in_threadpool(finish_upload, inflater, dtype, dims, mm, axes)
         cache.put(image)
         return image.describe()
 
@@ -268,12 +273,12 @@ def box_array(body: bytes, dtype: str, info: dict) -> Response:
         "X-Medals-Box": ",".join(map(str, info["box"]))})
 
 
-def finish_upload(inflater: wire.ExactInflater, dtype: str, shape, spacing) -> CachedImage:
+def finish_upload(inflater: wire.ExactInflater, dtype: str, shape, spacing, direction=None) -> CachedImage:
     """The validated, content-addressed image once its whole body has arrived (CPU work, off the event loop)."""
     raw = inflater.finish()
     array = wire.as_array(raw, dtype, shape)
     wire.require_finite(array, "image")
-    return CachedImage(wire.image_id(dtype, shape, spacing, raw), array, spacing)
+    return CachedImage(wire.image_id(dtype, shape, spacing, raw, direction), array, spacing, direction)
 
 
 def openapi_document(app: FastAPI, token_required: bool) -> dict:

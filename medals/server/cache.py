@@ -12,11 +12,13 @@ from .errors import ImageNotFound, PayloadTooLarge
 
 @dataclass(frozen=True)
 class CachedImage:
-    """One uploaded volume: voxels in (k, j, i) order and their spacing in mm in the same order."""
+    """One uploaded volume: voxels in (k, j, i) order, their spacing in mm in the same order, and the ITK direction
+    matrix (nine numbers, row-major) when the client sent it."""
 
     image_id: str
     array: np.ndarray
     spacing: tuple[float, float, float]
+    direction: tuple[float, ...] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -24,7 +26,8 @@ class CachedImage:
 
     def describe(self) -> dict:
         return {"image_id": self.image_id, "dtype": self.array.dtype.name, "shape": list(self.array.shape),
-                "spacing": list(self.spacing), "nbytes": self.nbytes}
+                "spacing": list(self.spacing),
+                "direction": None if self.direction is None else list(self.direction), "nbytes": self.nbytes}
 
 
 class ImageCache:

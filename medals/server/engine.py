@@ -24,11 +24,12 @@ from .protocol import JobRequest, Limits, MaskBody
 
 @dataclass(frozen=True)
 class SegmentCall:
-    """Everything one `pipeline.segment` call needs, validated: image (k, j, i), spacing in mm (k, j, i),
-    prompts, masks as label → (k, j, i) uint8 on the image grid."""
+    """Everything one `pipeline.segment` call needs, validated: image (k, j, i), spacing in mm (k, j, i), ITK
+    direction (nine numbers, or None), prompts, masks as label → (k, j, i) uint8 on the image grid."""
 
     image: np.ndarray
     spacing: tuple[float, float, float]
+    direction: tuple[float, ...] | None
     prompts: list[Prompt]
     modality: str | None
     masks: dict[int, np.ndarray] | None
@@ -151,13 +152,14 @@ class Engine:
     def prepare(self, request: JobRequest, image: CachedImage, limits: Limits) -> SegmentCall:
         """The validated pipeline call for a request on an uploaded image; InputError (400) names what is wrong."""
         shape = image.array.shape
-        return SegmentCall(image.array, image.spacing, check_prompts(request, limits), request.modality,
-                           check_masks(request, shape), check_options(request, shape))
+        return SegmentCall(image.array, image.spacing, image.direction, check_prompts(request, limits),
+                           request.modality, check_masks(request, shape), check_options(request, shape))
 
     def run(self, job: Job) -> JobOutcome:
         """The job function: segment, then keep the labels (and probability maps) over the result box, compressed."""
         call: SegmentCall = job.payload
-        result = segment(self.model, call.image, call.spacing, call.prompts, modality=call.modality,
+        result = segment(self.model, call.image, call.spacing, call.prompts, direction=call.direction,
+                         modality=call.modality,
                          masks=call.masks, options=call.options,
                          progress=lambda event: job.report(event.stage, event.done, event.total, event.message),
                          cancel=job.cancel, device=self.device)

@@ -109,6 +109,7 @@ class ImageRecord(Strict):
     dtype: str
     shape: list[int] = Field(description="(k, j, i)")
     spacing: list[float] = Field(description="mm, (k, j, i)")
+    direction: list[float] | None = Field(description="ITK direction matrix (LPS, row-major) when it was sent")
     nbytes: int
 
 

@@ -30,10 +30,11 @@ def options_body(options: SegmentOptions) -> dict:
 
 
 def segment_remote(url: str, image: np.ndarray, spacing, prompts: list[Prompt], *, token: str | None = None,
-                   modality: str | None = None, masks: dict[int, np.ndarray] | None = None,
+                   direction=None, modality: str | None = None, masks: dict[int, np.ndarray] | None = None,
                    options: SegmentOptions = SegmentOptions(), progress: Callable[[ProgressEvent], None] | None = None,
                    cancel: threading.Event | None = None, timeout: float = 60.0, retries: int = 3) -> SegmentResult:
-    """`pipeline.segment` run by the engine at `url`: image (k, j, i), spacing in mm (k, j, i), masks as label →
+    """`pipeline.segment` run by the engine at `url`: image (k, j, i), spacing in mm (k, j, i), direction (ITK,
+    optional; sent with the image), masks as label →
     (k, j, i) uint8 on the image grid. Returns labels on the whole grid, and with `options.probabilities` each
     prompt's probability map on the whole grid too (0 outside the box; sent in steps of 1/255).
 
@@ -48,7 +49,7 @@ def segment_remote(url: str, image: np.ndarray, spacing, prompts: list[Prompt], 
     try:
         engine = client.EngineClient(url, token, timeout=timeout, retries=retries)
         engine.connect()
-        result = engine.segment(client.ImageRef.of(image, spacing), [(p.text, p.label) for p in prompts],
+        result = engine.segment(client.ImageRef.of(image, spacing, direction), [(p.text, p.label) for p in prompts],
                                 modality=modality, masks=masks, options=options_body(options),
                                 progress=report if progress is not None else None, cancel=cancel)
     except client.EngineError as error:

@@ -54,14 +54,32 @@ def parse_spacing(text: str) -> tuple[float, float, float]:
     return spacing
 
 
-def header_line(dtype: str, shape, spacing) -> bytes:
-    """The canonical metadata that prefixes an image's raw bytes in its id: b"int16|200,256,256|2.5,0.8,0.8\\n"."""
-    return f"{dtype}|{','.join(str(int(n)) for n in shape)}|{','.join(repr(float(s)) for s in spacing)}\n".encode()
+def parse_direction(text: str | None) -> tuple[float, ...] | None:
+    """"-1,0,0,0,-1,0,0,0,1" → the ITK direction matrix (row-major, LPS) as nine numbers; None when not sent."""
+    if text is None:
+        return None
+    try:
+        direction = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise InputError(f"direction {text!r} is not nine comma-separated numbers") from None
+    if len(direction) != 9 or not all(math.isfinite(d) for d in direction) or \
+            abs(np.linalg.det(np.reshape(direction, (3, 3)))) < 1e-6:
+        raise InputError(f"direction {text!r} must be nine finite numbers forming an invertible 3×3 matrix")
+    return direction
 
 
-def image_id(dtype: str, shape, spacing, raw) -> str:
+def header_line(dtype: str, shape, spacing, direction=None) -> bytes:
+    """The canonical metadata that prefixes an image's raw bytes in its id: b"int16|200,256,256|2.5,0.8,0.8\\n",
+    with "|" and the nine direction numbers before the newline when the direction was sent."""
+    line = f"{dtype}|{','.join(str(int(n)) for n in shape)}|{','.join(repr(float(s)) for s in spacing)}"
+    if direction is not None:
+        line += "|" + ",".join(repr(float(d)) for d in direction)
+    return (line + "\n").encode()
+
+
+def image_id(dtype: str, shape, spacing, raw, direction=None) -> str:
     """SHA-256 (hex) of `header_line` + the raw little-endian voxel bytes."""
-    digest = hashlib.sha256(header_line(dtype, shape, spacing))
+    digest = hashlib.sha256(header_line(dtype, shape, spacing, direction))
     digest.update(raw)
     return digest.hexdigest()
 

@@ -9,6 +9,9 @@
  "train_text_head": true,                 train the text projection + modality embedding (the tower stays frozen)
  "init_from": null,                       or an installed model / model folder to fine-tune (then "text" and each
                                           stage's "net" may be left out: they are the model's)
+ "orientation": "RAS",                    optional: turn every case to this array orientation (medals.orientation)
+                                          and record it in the model, so inference turns images to it too; a
+                                          fine-tuned model's own orientation when left out
  "stages": {"coarse": {"net": {NetConfig fields}, "target_spacing": [3, 3, 3], "batch_size": 2}, "fine": {...}},
  "optimizer": {"cycles": [{"steps": 2000, "warmup": 100, "peak_lr": 3e-4}], "weight_decay": 0.01,
                "grad_clip_norm": 12.0},
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from ..config import NetConfig, TextConfig
 from ..errors import InputError
+from ..orientation import check_code
 from .batches import SampleSettings
 from .intensity import IntensityAugmentation
 from .prompt_simulation import PromptSimulation
@@ -75,6 +79,7 @@ class TrainConfig:
     text_tower: str | None = None
     train_text_head: bool = False
     init_from: str | None = None
+    orientation: str | None = None
     optimizer: Optimisation = field(default_factory=Optimisation)
     sampling: SampleSettings = field(default_factory=SampleSettings)
     precision: str = "auto"
@@ -181,6 +186,8 @@ def parse_config(values: dict, where: str = "config") -> TrainConfig:
                                   "sampling": sampling}, where)
     config = dataclasses.replace(config, dataset=Path(config.dataset), output=Path(config.output),
                                  model_card=None if config.model_card is None else Path(config.model_card))
+    if config.orientation is not None:
+        config = dataclasses.replace(config, orientation=check_code(config.orientation))
     if config.precision not in PRECISIONS:
         raise InputError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     for name in ("checkpoint_every", "log_every"):

@@ -35,6 +35,7 @@ import torch
 from ..config import MODALITIES
 from ..errors import InputError
 from ..io import read_volume
+from ..orientation import reorientation
 from ..pipeline.axes import to_network_order, volume_to_network
 from ..pipeline.zoom import repair_spacing
 
@@ -195,7 +196,8 @@ def _structure_geometry(mask_of, n_structures: int, generator: torch.Generator):
 
 
 def load_case(folder: Path, values: dict, prompt_sets: dict[str, PromptSet], where: str,
-              generator: torch.Generator) -> Case:
+              generator: torch.Generator, orientation: str | None = None) -> Case:
+    """One case of dataset.json, turned to `orientation` (a code of `medals.orientation`) when one is given."""
     name = _field(values, "name", str, where)
     where = f"{where} ({name})"
     set_name = _field(values, "prompt_set", str, where)
@@ -218,7 +220,8 @@ def load_case(folder: Path, values: dict, prompt_sets: dict[str, PromptSet], whe
     if not np.issubdtype(labels.array.dtype, np.integer) or labels.array.min() < 0:
         raise InputError(f"{where}: labels must be non-negative integers, got {labels.array.dtype}")
     prompt_set = prompt_sets[set_name]
-    label_array = labels.array.astype(np.int64)
+    turn = reorientation(image.direction, orientation)
+    label_array = turn.apply(labels.array.astype(np.int64))
     if label_array.max() > MAX_LABEL:
         raise InputError(f"{where}: label values above {MAX_LABEL} are not supported (found {label_array.max()})")
     label_tensor = volume_to_network(torch.from_numpy(label_array)).contiguous()
@@ -226,14 +229,15 @@ def load_case(folder: Path, values: dict, prompt_sets: dict[str, PromptSet], whe
     locations, boxes = _structure_geometry(lambda s: table[:, s][label_tensor], len(prompt_set.structures),
                                            generator)
     return Case(name=name,
-                image=volume_to_network(torch.from_numpy(image.array.astype(np.float32))).contiguous(),
+                image=volume_to_network(torch.from_numpy(turn.apply(image.array.astype(np.float32)))).contiguous(),
                 labels=label_tensor.float(),
-                spacing=to_network_order(repair_spacing(image.shape, image.spacing)),
+                spacing=to_network_order(repair_spacing(label_array.shape, turn.spacing(image.spacing))),
                 prompt_set=prompt_set, weight=weight, table=table, locations=locations, boxes=boxes)
 
 
-def load_dataset(folder, seed: int = 0) -> Dataset:
-    """Read `folder/dataset.json` and every case it lists; InputError (one line) on anything unusable."""
+def load_dataset(folder, seed: int = 0, orientation: str | None = None) -> Dataset:
+    """Read `folder/dataset.json` and every case it lists, each turned to `orientation` when given; InputError (one
+    line) on anything unusable."""
     folder = Path(folder)
     path = folder / "dataset.json"
     if not path.is_file():
@@ -250,7 +254,8 @@ def load_dataset(folder, seed: int = 0) -> Dataset:
     if not raw_cases:
         raise InputError(f"{path}: no cases")
     generator = torch.Generator().manual_seed(seed)
-    cases = [load_case(folder, c, prompt_sets, f"{path}: case {k + 1}", generator) for k, c in enumerate(raw_cases)]
+    cases = [load_case(folder, c, prompt_sets, f"{path}: case {k + 1}", generator, orientation)
+             for k, c in enumerate(raw_cases)]
     names = [c.name for c in cases]
     if len(set(names)) != len(names):
         raise InputError(f"{path}: case names repeat")

@@ -32,12 +32,14 @@ DEEP_HEADS = "mid_mask_embed_proj."
 @dataclass
 class TrainingModel:
     """The parts a run trains, in place: text encoder (and the folder of its tower), stage configs (networks without
-    deep supervision) and the stage networks (with deep supervision)."""
+    deep supervision), the stage networks (with deep supervision), and the orientation cases are turned to (None:
+    as stored)."""
 
     text_encoder: TextEncoder
     tower_folder: Path
     stages: dict[str, StageConfig]
     nets: dict[str, MedalSNet]
+    orientation: str | None = None
 
 
 def tower_folder_of(name_or_folder: str) -> Path:
@@ -67,7 +69,7 @@ def _fresh(config: TrainConfig) -> TrainingModel:
         plan = dataclasses.replace(stage.net, deep_supervision=False)
         stages[name] = StageConfig(plan, stage.target_spacing)
         nets[name] = training_net(plan)
-    return TrainingModel(text_encoder, tower_folder, stages, nets)
+    return TrainingModel(text_encoder, tower_folder, stages, nets, config.orientation)
 
 
 def _fine_tuned(config: TrainConfig) -> TrainingModel:
@@ -94,7 +96,8 @@ def _fine_tuned(config: TrainConfig) -> TrainingModel:
         if unexpected or any(not key.startswith(DEEP_HEADS) for key in missing):
             raise WeightsError(f"stage {name} of model {model_name!r} does not fit its own plan")
     text_encoder = loaded.text_encoder
-    return TrainingModel(text_encoder, loaded.text_encoder.tower_folder, stages, nets)
+    orientation = config.orientation or loaded.config.orientation
+    return TrainingModel(text_encoder, loaded.text_encoder.tower_folder, stages, nets, orientation)
 
 
 def initial_model(config: TrainConfig) -> TrainingModel:
@@ -118,7 +121,7 @@ def export_model(folder: Path, config: TrainConfig, model: TrainingModel) -> Pat
     folder = Path(folder)
     text: TextConfig = model.text_encoder.config
     description = config.description or f"trained with `medals train` ({config.name})"
-    model_config = ModelConfig(config.name, text, dict(model.stages), description)
+    model_config = ModelConfig(config.name, text, dict(model.stages), description, model.orientation)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
     try:

@@ -109,8 +109,8 @@ def train(config: TrainConfig, resume: bool = False, device: str | None = None, 
 def _run(config: TrainConfig, stored: dict | None, processes: Processes, max_steps: int | None, log,
          started: float) -> TrainResult:
     device = processes.device
-    dataset = load_dataset(config.dataset, config.seed)
     model = initial_model(config)
+    dataset = load_dataset(config.dataset, config.seed, model.orientation)
     modalities = model.text_encoder.config.modalities
     _check_modalities(dataset, modalities)
     texts = dataset.phrasings()

@@ -58,14 +58,16 @@ def write_tiny_tower(folder: Path) -> Path:
     return folder
 
 
-def make_tiny_model(folder, seed: int = 0, name: str = "tiny") -> Path:
-    """Write a complete tiny model folder (coarse + fine stages, text encoder, tower) at `folder`.
+def make_tiny_model(folder, seed: int = 0, name: str = "tiny", orientation: str | None = None) -> Path:
+    """Write a complete tiny model folder (coarse + fine stages, text encoder, tower) at `folder`, recording
+    `orientation` as its training orientation when given.
 
     `folder` must not exist or be empty; place it at `$MEDALS_HOME/models/<name>` to make it an installed
     model. Same seed, same weights. Returns the folder.
     """
     config = ModelConfig(name=name, text=TINY_TEXT, stages=TINY_STAGES,
-                         description="Tiny random Medal S model for tests (segments nothing meaningful)")
+                         description="Tiny random Medal S model for tests (segments nothing meaningful)",
+                         orientation=orientation)
     with tempfile.TemporaryDirectory() as scratch, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tower = write_tiny_tower(Path(scratch) / "tower")

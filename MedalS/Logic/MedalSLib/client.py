@@ -66,17 +66,20 @@ class JobCancelled(EngineError):
 
 @dataclass(frozen=True)
 class ImageRef:
-    """A volume as the engine knows it: (k, j, i) voxels, spacing in mm (k, j, i), and its content id.
+    """A volume as the engine knows it: (k, j, i) voxels, spacing in mm (k, j, i), its ITK direction matrix (nine
+    numbers, row-major, LPS; None when unknown) and its content id.
 
-    Build it once per volume change (`ImageRef.of`); the id is what the server caches the upload under.
+    Build it once per volume change (`ImageRef.of`); the id is what the server caches the upload under. The
+    direction lets a model trained in one orientation turn the volume to it (and the labels back).
     """
 
     array: np.ndarray
     spacing: tuple[float, float, float]
     image_id: str
+    direction: tuple[float, ...] | None = None
 
     @classmethod
-    def of(cls, array: np.ndarray, spacing) -> "ImageRef":
+    def of(cls, array: np.ndarray, spacing, direction=None) -> "ImageRef":
         array = np.asarray(array)
         if array.ndim != 3:
             raise EngineError(f"the engine segments 3D volumes; this array has shape {array.shape}")
@@ -85,18 +88,25 @@ class ImageRef:
         spacing = tuple(float(s) for s in spacing)
         if len(spacing) != 3:
             raise EngineError(f"spacing needs three values (k, j, i) in mm, got {spacing}")
+        if direction is not None:
+            direction = tuple(float(d) for d in np.ravel(direction))
+            if len(direction) != 9:
+                raise EngineError(f"direction needs nine values (a 3×3 matrix), got {len(direction)}")
         array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
-        digest = hashlib.sha256(image_header(array.dtype.name, array.shape, spacing))
+        digest = hashlib.sha256(image_header(array.dtype.name, array.shape, spacing, direction))
         digest.update(memoryview(array).cast("B"))
-        return cls(array, spacing, digest.hexdigest())
+        return cls(array, spacing, digest.hexdigest(), direction)
 
     def compressed(self) -> bytes:
         return zlib.compress(memoryview(self.array).cast("B"), 1)
 
 
-def image_header(dtype: str, shape, spacing) -> bytes:
+def image_header(dtype: str, shape, spacing, direction=None) -> bytes:
     """The canonical line hashed before the voxel bytes into an image id (the server computes the same)."""
-    return f"{dtype}|{','.join(str(int(n)) for n in shape)}|{','.join(repr(float(s)) for s in spacing)}\n".encode()
+    line = f"{dtype}|{','.join(str(int(n)) for n in shape)}|{','.join(repr(float(s)) for s in spacing)}"
+    if direction is not None:
+        line += "|" + ",".join(repr(float(d)) for d in direction)
+    return (line + "\n").encode()
 
 
 @dataclass(frozen=True)
@@ -281,6 +291,8 @@ class EngineClient:
         headers = {"Content-Type": "application/octet-stream", "X-Medals-Dtype": image.array.dtype.name,
                    "X-Medals-Shape": ",".join(map(str, image.array.shape)),
                    "X-Medals-Spacing": ",".join(repr(s) for s in image.spacing)}
+        if image.direction is not None:
+            headers["X-Medals-Direction"] = ",".join(repr(d) for d in image.direction)
         record = self._request("POST", "/v1/images", body, headers).json()
         if record["image_id"] != image.image_id:
             raise ProtocolMismatch(f"the engine stored the volume as {record['image_id']}, not {image.image_id}: it "

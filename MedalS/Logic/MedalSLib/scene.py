@@ -55,6 +55,12 @@ class VolumeGeometry:
         matrix[:3, 3] = self.origin
         return matrix
 
+    def lps_direction(self) -> tuple[float, ...]:
+        """The ITK direction matrix, row-major (column c = LPS direction of axis c of (i, j, k)), as the engine
+        takes it to turn the volume to a model's training orientation."""
+        columns = np.asarray(self.axes[::-1], dtype=float).T * np.array([-1.0, -1.0, 1.0])[:, None]
+        return tuple(float(x) for x in columns.ravel())
+
     def kji_to_ras(self, points: np.ndarray) -> np.ndarray:
         """RAS positions (n, 3) of voxel positions (n, 3) given as (k, j, i) indices (fractions allowed)."""
         points = np.atleast_2d(np.asarray(points, dtype=float))

@@ -237,7 +237,8 @@ class SegmentationSession:
         if prepared.voxels is not None:
             if request is not None:
                 request.report(Progress("Preparing the volume"))
-            self._image = (prepared.fingerprint, ImageRef.of(prepared.voxels, prepared.geometry.spacing))
+            self._image = (prepared.fingerprint, ImageRef.of(prepared.voxels, prepared.geometry.spacing,
+                                                                 prepared.geometry.lps_direction()))
         elif self._image is None or self._image[0] != prepared.fingerprint:
             raise InputError("the engine connection changed after the request was prepared; run it again")
         image = self._image[1]
