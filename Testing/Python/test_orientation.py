@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import zlib
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from server_fixtures import client, start_server  # noqa: F401
+from server_fixtures import client, raw_request, start_server  # noqa: F401
 
 from medals.cli import main
 from medals.config import ModelConfig
@@ -161,6 +162,10 @@ def test_a_real_server_turns_images_uploaded_with_their_direction(oriented_home,
         assert with_direction.image_id != without.image_id  # same voxels, different image
         assert engine.upload(with_direction)["direction"] == LSA.ravel().tolist()
         assert engine.upload(without)["direction"] is None
+        status, body, _ = raw_request(server.url, "POST", "/v1/images", zlib.compress(bytes(8)), {
+            "Content-Type": "application/octet-stream", "X-Medals-Dtype": "uint8", "X-Medals-Shape": "2,2,2",
+            "X-Medals-Spacing": "1,1,1", "X-Medals-Direction": "1,0,0,0,0,0,0,0,1"})
+        assert status == 400 and "invertible" in body["detail"]
     finally:
         server.stop()
 

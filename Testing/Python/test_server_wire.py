@@ -100,6 +100,17 @@ def test_image_id_is_the_sha256_of_the_header_line_and_raw_bytes():
     import hashlib
     expected = hashlib.sha256(b"int16|1,1,2|2.0,1.0,0.5\n" + bytes(4)).hexdigest()
     assert wire.image_id("int16", (1, 1, 2), (2, 1, 0.5), bytes(4)) == expected
+    with_direction = hashlib.sha256(b"int16|1,1,2|2.0,1.0,0.5|-1.0,0.0,0.0,0.0,-1.0,0.0,0.0,0.0,1.0\n" + bytes(4))
+    assert wire.image_id("int16", (1, 1, 2), (2, 1, 0.5), bytes(4), (-1, 0, 0, 0, -1, 0, 0, 0, 1)) == \
+        with_direction.hexdigest()
+
+
+def test_a_direction_is_nine_numbers_of_an_invertible_matrix():
+    assert wire.parse_direction(None) is None
+    assert wire.parse_direction("1,0,0,0,0,-1,0,1,0") == (1, 0, 0, 0, 0, -1, 0, 1, 0)
+    for text in ("1,0,0", "1,0,0,0,1,0,0,0,x", "1,0,0,0,0,0,0,0,1", "nan,0,0,0,1,0,0,0,1"):
+        with pytest.raises(InputError):
+            wire.parse_direction(text)
 
 
 def test_require_finite_counts_nan_and_infinite_voxels():

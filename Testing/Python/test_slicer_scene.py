@@ -128,3 +128,22 @@ def test_same_transform_is_required_between_volume_and_segmentation(scene):
     volume.SetAndObserveTransformNodeID(transform.GetID())
     with pytest.raises(InputError, match="same transform"):
         check_same_transform(volume, segmentation)
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 0, -1, 0, 1, 0), (-1, 0, 0, 0, -1, 0, 0, 0, 1),
+                                       (0, 0.6, 0.8, 1, 0, 0, 0, 0.8, -0.6)])
+def test_lps_direction_is_the_itk_direction_of_the_file_slicer_read(scene, tmp_path, direction):
+    """What the module sends the engine to turn a volume: the direction ITK reads from the same file."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.zeros((3, 4, 5), np.int16))
+    image.SetDirection(direction)
+    image.SetSpacing((1.0, 2.0, 3.0))
+    sitk.WriteImage(image, str(tmp_path / "volume.nii.gz"))
+    node = slicer.vtkMRMLScalarVolumeNode()
+    scene.AddNode(node)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(tmp_path / "volume.nii.gz"))
+    assert storage.ReadData(node)
+    np.testing.assert_allclose(volume_geometry(node).lps_direction(), direction, atol=1e-6)

@@ -12,6 +12,7 @@ import math
 import zlib
 
 import numpy as np
+from MedalSLib.client import image_header  # the Slicer module's client, carried by the medals wheel
 
 from ..errors import InputError
 
@@ -68,18 +69,10 @@ def parse_direction(text: str | None) -> tuple[float, ...] | None:
     return direction
 
 
-def header_line(dtype: str, shape, spacing, direction=None) -> bytes:
-    """The canonical metadata that prefixes an image's raw bytes in its id: b"int16|200,256,256|2.5,0.8,0.8\\n",
-    with "|" and the nine direction numbers before the newline when the direction was sent."""
-    line = f"{dtype}|{','.join(str(int(n)) for n in shape)}|{','.join(repr(float(s)) for s in spacing)}"
-    if direction is not None:
-        line += "|" + ",".join(repr(float(d)) for d in direction)
-    return (line + "\n").encode()
-
-
 def image_id(dtype: str, shape, spacing, raw, direction=None) -> str:
-    """SHA-256 (hex) of `header_line` + the raw little-endian voxel bytes."""
-    digest = hashlib.sha256(header_line(dtype, shape, spacing, direction))
+    """SHA-256 (hex) of the client's canonical header line (`image_header`) + the raw little-endian voxel bytes:
+    one definition on both sides, so client and server always name an image alike."""
+    digest = hashlib.sha256(image_header(dtype, shape, spacing, direction))
     digest.update(raw)
     return digest.hexdigest()
 

@@ -102,7 +102,9 @@ class ImageRef:
 
 
 def image_header(dtype: str, shape, spacing, direction=None) -> bytes:
-    """The canonical line hashed before the voxel bytes into an image id (the server computes the same)."""
+    """The canonical line hashed before the voxel bytes into an image id (the server uses this very function):
+    b"int16|200,256,256|2.5,0.8,0.8\\n", with "|" and the nine direction numbers before the newline when the
+    direction is sent."""
     line = f"{dtype}|{','.join(str(int(n)) for n in shape)}|{','.join(repr(float(s)) for s in spacing)}"
     if direction is not None:
         line += "|" + ",".join(repr(float(d)) for d in direction)
