@@ -28,7 +28,7 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" Testing/Python
 
-# Retrain the shipped demo model from the packaged data (about 2 h on 2 CPU cores; see its model card).
+# Retrain the shipped demo model from the packaged data (about 2¼ h on 2 CPU cores; see its model card).
 demo-model: setup
 	$(PY) scripts/prepare_demo_data.py build/demo-data --heldout build/demo-heldout
 	$(VENV)/bin/medals train configs/demo.json

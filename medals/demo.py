@@ -1,5 +1,6 @@
 """`medals demo`: the README's first command. Segments the bundled brain MRI with the bundled demo model by text
-alone, then again with a painted seed (hybrid mode), and writes both label maps, a report and a PNG figure.
+alone, then refines it with a corrected structure as spatial prompt (hybrid mode), and writes both label maps, a
+report and a PNG figure.
 
 The sample is the MNI ICBM152 template, a brain the demo model never saw in training; its tissue reference
 (nilearn's gray and white matter probability maps > 0.5) lets the demo score itself. See
@@ -18,15 +19,18 @@ from .device import pick_device
 from .figure import overview_png
 from .io import read_labels, read_volume, write_labels
 from .metrics import dice
-from .pipeline import Prompt, segment
+from .pipeline import Prompt, SegmentOptions, segment
 
 PACKAGE = Path(__file__).resolve().parent
 DEMO_MODEL = PACKAGE / "models" / "medals-demo"
 SAMPLES = PACKAGE / "data" / "samples"
 PROMPTS = (Prompt("gray matter", 1), Prompt("white matter", 2))
 """Label values equal the reference's (medals/data/samples/mni152_tissue_reference.nii.gz)."""
-SEEDED = PROMPTS[0]
-"""The prompt whose seed strokes (medals/data/samples/mni152_gray_matter_seed.nii.gz) drive the hybrid run."""
+CORRECTED = PROMPTS[1]
+"""The structure a person corrected before the hybrid run: the text-only white matter redrawn on three slices
+(medals/data/samples/mni152_white_matter_correction.nii.gz, made by scripts/make_demo_sample.py)."""
+HYBRID = SegmentOptions(merge_masks_with_coarse=False)
+"""The correction is a whole structure, so it replaces the coarse stage's prompt rather than adding to it."""
 
 
 def run_demo(args) -> int:
@@ -36,21 +40,21 @@ def run_demo(args) -> int:
     device = pick_device(args.device)
     model = load_model(DEMO_MODEL, device)
     volume = read_volume(SAMPLES / "mni152_t1.nii.gz")
-    seed = read_labels(SAMPLES / "mni152_gray_matter_seed.nii.gz").array > 0
+    correction = read_labels(SAMPLES / "mni152_white_matter_correction.nii.gz").array > 0
     reference = read_labels(SAMPLES / "mni152_tissue_reference.nii.gz").array
     image = volume.array.astype(np.float32)
     print(f"MedalS demo: {model.config.name} on {device}, image {volume.shape} (k, j, i) at {volume.spacing} mm")
     print("prompts: " + ", ".join(f'"{p.text}" → {p.label}' for p in PROMPTS))
 
     report, panels, bars = {}, {}, StageBars(not args.quiet)
-    runs = {"text-only": None, "hybrid": {SEEDED.label: seed}}
-    for mode, masks in runs.items():
-        note = "" if masks is None else f" (seed strokes for \"{SEEDED.text}\": {int(seed.sum())} voxels on 3 slices)"
+    runs = {"text-only": (None, SegmentOptions()), "hybrid": ({CORRECTED.label: correction}, HYBRID)}
+    for mode, (masks, options) in runs.items():
+        note = "" if masks is None else f" (\"{CORRECTED.text}\" as corrected on 3 slices: {int(correction.sum())} voxels)"
         print(f"\n{mode}{note}")
         start = time.perf_counter()
         try:
             result = segment(model, image, volume.spacing, list(PROMPTS), direction=volume.direction,
-                             modality="mri", masks=masks, progress=bars, device=device)
+                             modality="mri", masks=masks, options=options, progress=bars, device=device)
         finally:
             bars.close()
         path = write_labels(result.labels, volume, output / f"{mode}.nii.gz")
@@ -58,7 +62,7 @@ def run_demo(args) -> int:
         report[mode] = {"labels": str(path), "seconds": round(time.perf_counter() - start, 1),
                         "dice_vs_reference": {name: round(score, 4) for name, score in scores.items()},
                         "classes": {str(k): v for k, v in result.stats.items()}}
-        panels[f"{mode} (gray matter Dice {scores[SEEDED.text]:.3f})"] = result.labels
+        panels[f"{mode} ({CORRECTED.text} Dice {scores[CORRECTED.text]:.3f})"] = result.labels
         for stats in result.stats.values():
             print(f"  {stats['name']:<14} {stats['volume_ml']:8.1f} ml   confidence {stats['mean_confidence']:.2f}   "
                   f"Dice against the reference {scores[stats['name']]:.4f}")
@@ -72,7 +76,7 @@ def run_demo(args) -> int:
 
 
 def register(subparsers) -> None:
-    demo = subparsers.add_parser("demo", help="segment the bundled brain MRI by text, then with a seed (hybrid)")
+    demo = subparsers.add_parser("demo", help="segment the bundled brain MRI by text, then refine it (hybrid)")
     demo.add_argument("-o", "--output", default="demo-output", help="folder for the results (default demo-output)")
     demo.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
