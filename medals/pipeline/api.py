@@ -6,6 +6,7 @@ restricts the work to a box when asked, and applies the label options (instances
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -134,7 +135,12 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
     stage_names = _check_options(options, model.nets)
     modality = detect_modality([p.text for p in prompts], image, explicit=modality)
     shape = image.shape
-    turn = reorientation(direction, getattr(model.config, "orientation", None))
+    orientation = getattr(model.config, "orientation", None)
+    if orientation is not None and direction is None:
+        warnings.warn(f"MedalS: model {model.config.name!r} was trained on {orientation}-oriented images and no "
+                      f"direction was given: the array is taken as {orientation} already", RuntimeWarning,
+                      stacklevel=2)
+    turn = reorientation(direction, orientation)
     image, spacing = turn.apply(image), turn.spacing(spacing)
     masks = {value: turn.apply(mask) for value, mask in masks.items()}
     box = None if box is None else turn.box(box, shape)
