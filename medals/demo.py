@@ -49,7 +49,8 @@ def run_demo(args) -> int:
     report, panels, bars = {}, {}, StageBars(not args.quiet)
     runs = {"text-only": (None, SegmentOptions()), "hybrid": ({CORRECTED.label: correction}, HYBRID)}
     for mode, (masks, options) in runs.items():
-        note = "" if masks is None else f" (\"{CORRECTED.text}\" as corrected on 3 slices: {int(correction.sum())} voxels)"
+        note = "" if masks is None else \
+            f" (\"{CORRECTED.text}\" as corrected on 3 slices: {int(correction.sum())} voxels)"
         print(f"\n{mode}{note}")
         start = time.perf_counter()
         try:

@@ -31,15 +31,22 @@ def check_code(code: str) -> str:
     return code
 
 
+def check_direction(direction) -> np.ndarray:
+    """An ITK direction matrix (nine numbers, row-major) as a 3×3 array; InputError unless finite and invertible."""
+    matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-6:
+        raise InputError(f"the direction matrix {matrix.tolist()} is not a rotation: it must be nine finite numbers "
+                         "forming an invertible 3×3 matrix")
+    return matrix
+
+
 def orientation_code(direction) -> str:
     """The code of an ITK direction matrix (3×3, row-major, column c = LPS direction of axis c of (i, j, k)).
 
     Oblique axes take the nearest world axis; of the six ways to pair image and world axes the one keeping the
     most of each axis's direction wins, so every world axis is named once.
     """
-    matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
-    if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-6:
-        raise InputError(f"the direction matrix {matrix.tolist()} is not a rotation (degenerate or not finite)")
+    matrix = check_direction(direction)
     worlds = max(itertools.permutations(range(3)), key=lambda w: sum(abs(matrix[w[c], c]) for c in range(3)))
     return "".join(TOWARD[w, 1 if matrix[w, c] > 0 else -1] for c, w in enumerate(worlds))
 
@@ -56,6 +63,16 @@ class Reorientation:
     def is_identity(self) -> bool:
         return self.axes == (0, 1, 2) and not any(self.flips)
 
+    @property
+    def inverse(self) -> "Reorientation":
+        """The turn that brings a turned volume back."""
+        axes = tuple(int(a) for a in np.argsort(self.axes))
+        return Reorientation(axes, tuple(self.flips[a] for a in axes))
+
+    def permute(self, values) -> tuple:
+        """Per-axis values of the given volume (shape, spacing; (k, j, i)) in the turned volume's axis order."""
+        return tuple(values[b] for b in self.axes)
+
     def apply(self, array: np.ndarray) -> np.ndarray:
         """The (k, j, i) array in the target orientation (a contiguous copy unless nothing changes)."""
         if self.is_identity:
@@ -65,13 +82,7 @@ class Reorientation:
 
     def undo(self, array: np.ndarray) -> np.ndarray:
         """A (k, j, i) array of the target orientation back in the given one."""
-        if self.is_identity:
-            return array
-        unflipped = np.flip(array, [a for a, f in enumerate(self.flips) if f])
-        return np.ascontiguousarray(np.transpose(unflipped, np.argsort(self.axes)))
-
-    def spacing(self, spacing) -> tuple[float, float, float]:
-        return tuple(float(spacing[b]) for b in self.axes)
+        return self.inverse.apply(array)
 
     def box(self, box, shape) -> tuple[int, ...]:
         """An inclusive (k0, k1, j0, j1, i0, i1) box of the given volume (of `shape`) in the turned one."""
@@ -82,12 +93,8 @@ class Reorientation:
         return tuple(turned)
 
     def unbox(self, box, shape) -> tuple[int, ...]:
-        """A box of the turned volume (of the given volume's `shape`) back in the given volume."""
-        given = [0] * 6
-        for a, b in enumerate(self.axes):
-            low, high = box[2 * a], box[2 * a + 1]
-            given[2 * b:2 * b + 2] = [shape[b] - 1 - high, shape[b] - 1 - low] if self.flips[a] else [low, high]
-        return tuple(given)
+        """A box of the turned volume back in the given volume (of `shape`)."""
+        return self.inverse.box(box, self.permute(shape))
 
 
 def reorientation(direction, target: str | None) -> Reorientation:

@@ -43,7 +43,7 @@ def test_codes_and_turns_agree_with_simpleitk(direction):
         turn = reorientation(direction, target)
         turned = sitk.DICOMOrient(image, target)
         assert np.array_equal(turn.apply(array), sitk.GetArrayFromImage(turned))
-        assert turn.spacing((3.0, 2.0, 1.0)) == tuple(turned.GetSpacing()[::-1])
+        assert turn.permute((3.0, 2.0, 1.0)) == tuple(turned.GetSpacing()[::-1])
         assert np.array_equal(turn.undo(turn.apply(array)), array)
 
 
@@ -100,7 +100,7 @@ def brain_two_ways():
     ras = (np.random.default_rng(3).random((20, 36, 28)) * 255).astype(np.float32)
     spacing = (2.0, 1.0, 1.5)
     turn = reorientation(RAS, "LSA")
-    return (ras, spacing), (turn.apply(ras), turn.spacing(spacing)), turn
+    return (ras, spacing), (turn.apply(ras), turn.permute(spacing)), turn
 
 
 def test_the_pipeline_segments_a_coronal_copy_like_the_axial_original(oriented_home, brain_two_ways):

@@ -141,7 +141,7 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
                       f"direction was given: the array is taken as {orientation} already", RuntimeWarning,
                       stacklevel=2)
     turn = reorientation(direction, orientation)
-    image, spacing = turn.apply(image), turn.spacing(spacing)
+    image, spacing = turn.apply(image), turn.permute(spacing)
     masks = {value: turn.apply(mask) for value, mask in masks.items()}
     box = None if box is None else turn.box(box, shape)
     device = device if isinstance(device, torch.device) else pick_device(device)

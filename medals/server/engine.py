@@ -159,8 +159,7 @@ class Engine:
         """The job function: segment, then keep the labels (and probability maps) over the result box, compressed."""
         call: SegmentCall = job.payload
         result = segment(self.model, call.image, call.spacing, call.prompts, direction=call.direction,
-                         modality=call.modality,
-                         masks=call.masks, options=call.options,
+                         modality=call.modality, masks=call.masks, options=call.options,
                          progress=lambda event: job.report(event.stage, event.done, event.total, event.message),
                          cancel=job.cancel, device=self.device)
         box = box_slices(result.box)

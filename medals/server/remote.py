@@ -34,8 +34,7 @@ def segment_remote(url: str, image: np.ndarray, spacing, prompts: list[Prompt], 
                    options: SegmentOptions = SegmentOptions(), progress: Callable[[ProgressEvent], None] | None = None,
                    cancel: threading.Event | None = None, timeout: float = 60.0, retries: int = 3) -> SegmentResult:
     """`pipeline.segment` run by the engine at `url`: image (k, j, i), spacing in mm (k, j, i), direction (ITK,
-    optional; sent with the image), masks as label →
-    (k, j, i) uint8 on the image grid. Returns labels on the whole grid, and with `options.probabilities` each
+    optional; sent with the image), masks as label → (k, j, i) uint8 on the image grid. Returns labels on the whole grid, and with `options.probabilities` each
     prompt's probability map on the whole grid too (0 outside the box; sent in steps of 1/255).
 
     Errors come back as MedalSError subclasses (InputError for a refused request, Cancelled, OutOfMemory, or

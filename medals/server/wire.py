@@ -15,6 +15,7 @@ import numpy as np
 from MedalSLib.client import image_header  # the Slicer module's client, carried by the medals wheel
 
 from ..errors import InputError
+from ..orientation import check_direction
 
 IMAGE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 """Voxel types an uploaded image may have (sent little-endian)."""
@@ -63,9 +64,9 @@ def parse_direction(text: str | None) -> tuple[float, ...] | None:
         direction = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise InputError(f"direction {text!r} is not nine comma-separated numbers") from None
-    if len(direction) != 9 or not all(math.isfinite(d) for d in direction) or \
-            abs(np.linalg.det(np.reshape(direction, (3, 3)))) < 1e-6:
+    if len(direction) != 9:
         raise InputError(f"direction {text!r} must be nine finite numbers forming an invertible 3×3 matrix")
+    check_direction(direction)
     return direction
 
 

@@ -231,7 +231,7 @@ def load_case(folder: Path, values: dict, prompt_sets: dict[str, PromptSet], whe
     return Case(name=name,
                 image=volume_to_network(torch.from_numpy(turn.apply(image.array.astype(np.float32)))).contiguous(),
                 labels=label_tensor.float(),
-                spacing=to_network_order(repair_spacing(label_array.shape, turn.spacing(image.spacing))),
+                spacing=to_network_order(repair_spacing(label_array.shape, turn.permute(image.spacing))),
                 prompt_set=prompt_set, weight=weight, table=table, locations=locations, boxes=boxes)
 
 
