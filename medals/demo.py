@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_segment import StageBars
+from .cli.segment import StageBars
 from .device import pick_device
 from .figure import overview_png
 from .io import read_labels, read_volume, write_labels

@@ -3,5 +3,5 @@
 Modules: `wire` (arrays on the wire), `cache` (uploaded images), `jobs` (the single-worker queue), `errors`
 (the server's HTTP errors), `protocol` (request/response schemas and limits), `engine` (requests → pipeline
 calls), `app` (the ASGI application), `process` (`medals serve` as a child process), `remote` (the engine behind
-a URL, through the torch-free client), `bench` (`medals bench server`). The command is in `medals.cli_serve`.
+a URL, through the torch-free client), `bench` (`medals bench server`). The command is in `medals.cli.serve`.
 """

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import deque
 
-from ..cli_serve import READY_MARKER
+from ..cli.serve import READY_MARKER
 from ..errors import MedalSError
 
 

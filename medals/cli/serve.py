@@ -17,8 +17,8 @@ import sys
 import threading
 import time
 
-from .errors import InputError
-from .server.protocol import Limits
+from ..errors import InputError
+from ..server.protocol import Limits
 
 READY_MARKER = "MEDALS_SERVER_READY"
 TOKEN_VARIABLE = "MEDALS_SERVER_TOKEN"
@@ -90,8 +90,8 @@ def limits_from(args) -> Limits:
 def run_serve(args) -> int:
     import uvicorn
 
-    from .server.app import create_app
-    from .server.engine import Engine
+    from ..server.app import create_app
+    from ..server.engine import Engine
 
     check_exposure(args.host, args.token)
     engine = Engine.load(args.model, args.device)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .io import Volume, case_name, list_volume_files, read_labels
-from .metrics import NSD_TOLERANCE_MM, instance_scores, semantic_scores, split_instances
+from ..errors import InputError
+from ..io import Volume, case_name, list_volume_files, read_labels
+from ..metrics import NSD_TOLERANCE_MM, instance_scores, semantic_scores, split_instances
 
 SEMANTIC_COLUMNS = ("case", "label", "name", "dsc", "nsd")
 INSTANCE_COLUMNS = ("case", "tp", "fp", "fn", "f1", "dsc_tp")

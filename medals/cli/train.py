@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def run_train(args) -> int:
-    from .train import load_config, train
+    from ..train import load_config, train
 
     config = load_config(args.config)
     if args.output:

@@ -5,12 +5,12 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from .errors import MedalSError
+from .. import __version__
+from ..errors import MedalSError
 
 # Modules that contribute subcommands: each has `register(subparsers)` and sets `func` on its parsers.
-COMMAND_MODULES = ("medals.weights.cli", "medals.cli_info", "medals.cli_serve", "medals.bench", "medals.cli_evaluate",
-                   "medals.cli_train", "medals.cli_segment", "medals.demo")
+COMMAND_MODULES = ("medals.weights.cli", "medals.cli.info", "medals.cli.serve", "medals.bench", "medals.cli.evaluate",
+                   "medals.cli.train", "medals.cli.segment", "medals.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,3 @@ def main(argv: list[str] | None = None) -> int:
         print("medals: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,9 +5,9 @@ import json
 
 import torch
 
-from . import __version__
-from .device import describe, pick_device
-from .weights import list_models
+from .. import __version__
+from ..device import describe, pick_device
+from ..weights import list_models
 
 
 def engine_report(device: torch.device) -> dict:

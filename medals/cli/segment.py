@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .intensity import resolve_window, to_model_range
-from .io import Volume, case_name, format_of, list_volume_files, read_volume, write_labels, write_volume
-from .modality import detect_modality
-from .pipeline import Prompt, SegmentOptions, segment
-from .pipeline.request import ProgressEvent
-from .pipeline.zoom import repair_spacing
-from .weights import load_model
+from ..errors import InputError
+from ..intensity import resolve_window, to_model_range
+from ..io import Volume, case_name, format_of, list_volume_files, read_volume, write_labels, write_volume
+from ..modality import detect_modality
+from ..pipeline import Prompt, SegmentOptions, segment
+from ..pipeline.request import ProgressEvent
+from ..pipeline.zoom import repair_spacing
+from ..weights import load_model
 
 DEFAULT_SUFFIX = ".nii.gz"
 
@@ -147,14 +147,14 @@ def _summary(report: dict) -> str:
 
 
 def run_segment(args) -> int:
-    from .device import pick_device
+    from ..device import pick_device
 
     source, output = Path(args.image), Path(args.output)
     batch = source.is_dir() and bool(list_volume_files(source))
     inputs = list_volume_files(source) if batch else [source]
     outputs = _output_paths(inputs, output, batch)
     if args.server:
-        from .server.remote import segment_remote
+        from ..server.remote import segment_remote
 
         run = functools.partial(segment_remote, args.server, token=args.token or os.environ.get("MEDALS_SERVER_TOKEN"))
     else:
