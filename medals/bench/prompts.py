@@ -12,13 +12,9 @@ official coarse crop 224×224×128 (meant for a GPU: about 80 s per forward on t
 """
 from __future__ import annotations
 
-import json
-import resource
-import subprocess
-import sys
 import time
 
-from .server import bench as server_bench
+from .child import in_child, peak_memory_mb
 
 DEFAULT_CROP = (64, 64, 32)
 OFFICIAL_CROP = (224, 224, 128)
@@ -45,11 +41,11 @@ def measure(spec: dict) -> dict:
     """One measurement in this process: seconds for all passes of `spec["kind"]` and the peak memory (MB)."""
     import torch
 
-    from .config import NetConfig
-    from .device import autocast
-    from .modeling import MedalSNet
-    from .pipeline.prompting import random_permutation
-    from .pipeline.sliding_window import Execution, window_logits
+    from ..config import NetConfig
+    from ..device import autocast
+    from ..modeling import MedalSNet
+    from ..pipeline.prompting import random_permutation
+    from ..pipeline.sliding_window import Execution, window_logits
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
@@ -84,25 +80,13 @@ def measure(spec: dict) -> dict:
             run(call)
         times.append(time.perf_counter() - start)
     seconds = sorted(times)[len(times) // 2]
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-    return {"seconds": seconds, "peak_mb": peak}
-
-
-def _in_child(spec: dict) -> dict:
-    completed = subprocess.run([sys.executable, "-m", "medals.bench"], input=json.dumps(spec), text=True,
-                               capture_output=True)
-    if completed.returncode:
-        raise RuntimeError(f"benchmark child failed:\n{completed.stderr.strip()}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return {"seconds": seconds, "peak_mb": peak_memory_mb(device)}
 
 
 def run_prompts(args) -> int:
     import torch
 
-    from .device import pick_device
+    from ..device import pick_device
 
     device = pick_device(args.device)
     crop = OFFICIAL_CROP if args.official else tuple(args.crop)
@@ -116,8 +100,9 @@ def run_prompts(args) -> int:
         for n_classes in args.classes:
             row = {}
             for kind in ("parallel", "sequential"):
-                row[kind] = _in_child({"mode": mode, "kind": kind, "classes": n_classes, "crop": list(crop),
-                                       "device": str(device), "threads": threads})
+                row[kind] = in_child("medals.bench.prompts:measure",
+                                     {"mode": mode, "kind": kind, "classes": n_classes, "crop": list(crop),
+                                      "device": str(device), "threads": threads})
             ratio = row["sequential"]["seconds"] / row["parallel"]["seconds"]
             results[mode, n_classes] = (ratio, row)
             print(f"{mode:<11}{n_classes:>8}{row['parallel']['seconds']:>12.2f}{row['sequential']['seconds']:>14.2f}"
@@ -132,9 +117,8 @@ def run_prompts(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    bench = subparsers.add_parser("bench", help="performance benchmarks")
-    kinds = bench.add_subparsers(dest="benchmark", required=True)
+def register(kinds) -> None:
+    """Add `prompts` to the `medals bench` subcommands."""
     prompts = kinds.add_parser("prompts", help="parallel vs sequential prompting: time and peak memory per window",
                                description=__doc__.split("\n\n")[0])
     prompts.add_argument("--official", action="store_true", help=f"official coarse window {OFFICIAL_CROP}")
@@ -145,8 +129,3 @@ def register(subparsers) -> None:
     prompts.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
     prompts.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     prompts.set_defaults(func=run_prompts)
-    server_bench.register(kinds)
-
-
-if __name__ == "__main__":
-    print(json.dumps(measure(json.loads(sys.stdin.read()))))
