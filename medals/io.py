@@ -114,12 +114,14 @@ def read_volume(path) -> Volume:
     return _read(path, NPZ_IMAGE_KEYS)
 
 
-def read_labels(path) -> Volume:
+def read_labels(path, spacing_if_absent=None) -> Volume:
     """Read a 3-D label map (a segmentation or a ground truth) with its geometry; voxels as integers.
 
-    From a challenge npz this is `segs` (an output) or else `gts` (a ground truth).
+    From a challenge npz this is `segs` (an output) or else `gts` (a ground truth). `spacing_if_absent`
+    ((k, j, i) mm) serves an npz that stores no spacing, as a prediction holding only `segs` may (the challenge
+    takes a prediction's spacing from its case).
     """
-    volume = _read(path, NPZ_LABEL_KEYS)
+    volume = _read(path, NPZ_LABEL_KEYS, spacing_if_absent)
     array = volume.array
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
         if np.any(array != np.round(array)):
@@ -130,13 +132,13 @@ def read_labels(path) -> Volume:
     return volume
 
 
-def _read(path, npz_keys: tuple[str, ...]) -> Volume:
+def _read(path, npz_keys: tuple[str, ...], spacing_if_absent=None) -> Volume:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     kind = format_of(path)
     if kind == "npz":
-        volume = _read_npz(path, npz_keys)
+        volume = _read_npz(path, npz_keys, spacing_if_absent)
     else:
         volume = _volume_from_itk(_read_dicom_series(path) if kind == "dicom" else _read_itk_file(path, kind), path)
         volume.extras["format"] = kind
@@ -293,8 +295,9 @@ def _read_text_prompts(archive: zipfile.ZipFile, path: Path) -> dict:
     return {str(key): (text.item() if isinstance(text, np.generic) else text) for key, text in prompts.items()}
 
 
-def _read_npz(path: Path, keys: tuple[str, ...]) -> Volume:
-    """The first of `keys` present in a challenge npz, with its spacing and prompts."""
+def _read_npz(path: Path, keys: tuple[str, ...], spacing_if_absent=None) -> Volume:
+    """The first of `keys` present in a challenge npz, with its spacing ((k, j, i) `spacing_if_absent` when it
+    stores none) and prompts."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = {Path(name).stem for name in archive.namelist()}
@@ -310,12 +313,16 @@ def _read_npz(path: Path, keys: tuple[str, ...]) -> Volume:
         raise InputError(f"{path}: is corrupt or truncated ({error})") from None
     if image.ndim != 3:
         raise InputError(f"{path}: '{key}' has {image.ndim} dimensions {image.shape}; (D, H, W) is needed")
-    if stored_spacing is None or np.shape(stored_spacing) != (3,):
+    if stored_spacing is None and spacing_if_absent is not None:
+        spacing = tuple(float(s) for s in spacing_if_absent)
+    elif stored_spacing is None or np.shape(stored_spacing) != (3,):
         raise InputError(f"{path}: 'spacing' must hold 3 values, found {stored_spacing!r}")
+    else:
+        spacing = npz_spacing_to_kji(stored_spacing)
     extras = {"format": "npz"}
     if prompts is not None:
         extras["text_prompts"] = prompts
-    return Volume(array=image, spacing=npz_spacing_to_kji(stored_spacing), source=str(path), extras=extras)
+    return Volume(array=image, spacing=spacing, source=str(path), extras=extras)
 
 
 def npz_spacing_to_kji(spacing) -> tuple[float, float, float]:

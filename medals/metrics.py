@@ -213,10 +213,25 @@ def case_mean(scores: dict[int, dict[str, float]], metric: str) -> float:
 
 # ----------------------------------------------------------------------------------------- instance scores
 
-def split_instances(mask: np.ndarray) -> np.ndarray:
-    """Label the 6-connected components of a boolean mask 1..n (int32, same shape)."""
-    labels, _ = ndimage.label(np.asarray(mask, bool), structure=FACE_CONNECTIVITY)
-    return labels
+def split_instances(labels: np.ndarray) -> np.ndarray:
+    """Label the 6-connected components of each nonzero value of `labels` 1..n (int32, same shape).
+
+    A boolean mask gives its components; voxels of different values never join one component.
+    """
+    labels = np.asarray(labels)
+    instances, found = np.zeros(labels.shape, np.int32), 0
+    for value in np.unique(labels[labels != 0]):
+        components, count = ndimage.label(labels == value, structure=FACE_CONNECTIVITY)
+        instances[components > 0] = components[components > 0] + found
+        found += count
+    return instances
+
+
+def prediction_instances(prediction: np.ndarray) -> np.ndarray:
+    """A predicted instance map as the challenge scores it: split into components when it holds exactly two
+    values (a binary mask), otherwise used as given (each value one instance, connected or not)."""
+    prediction = np.asarray(prediction)
+    return split_instances(prediction) if len(np.unique(prediction)) == 2 else prediction
 
 
 @dataclass
@@ -230,12 +245,28 @@ class InstanceScores:
     dsc_tp: float
 
 
+def match_instances(iou: np.ndarray, iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the true-positive pairs of an IoU matrix (ground truth × prediction).
+
+    The assignment maximises the number of pairs with IoU ≥ `iou_threshold` and, among those, the total IoU:
+    every pair scores 1 when it reaches the threshold plus IoU / (2·min(n_gt, n_pred)), a bonus that adds up to
+    less than one pair. (Maximising the total IoU alone can trade one true positive for two weak pairs.)
+    """
+    if min(iou.shape) == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    score = (iou >= iou_threshold).astype(np.float64) + iou / (2 * min(iou.shape))
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    hits = iou[rows, cols] >= iou_threshold
+    return rows[hits], cols[hits]
+
+
 def instance_scores(gt_instances: np.ndarray, pred_instances: np.ndarray, iou_threshold: float = 0.5
                     ) -> InstanceScores:
-    """Match instance label maps (0 = background, each other value one instance) by Hungarian assignment on IoU.
+    """Score two instance label maps (0 = background, each other value one instance, used as given).
 
-    A matched pair is a true positive when its IoU ≥ `iou_threshold`; F1 = 2TP / (2TP + FP + FN), 0 when
-    undefined; DSC-TP is the mean Dice over true-positive pairs, 0 when there are none.
+    Pairs come from `match_instances`; a pair is a true positive when its IoU ≥ `iou_threshold`.
+    F1 = 2TP / (2TP + FP + FN), 0 when there is no true positive; DSC-TP is the mean Dice over true-positive
+    pairs, 0 when there are none.
     """
     gt_ids, gt_inverse = np.unique(gt_instances, return_inverse=True)
     pred_ids, pred_inverse = np.unique(pred_instances, return_inverse=True)
@@ -251,10 +282,8 @@ def instance_scores(gt_instances: np.ndarray, pred_instances: np.ndarray, iou_th
     union = gt_sizes[:, None] + pred_sizes[None, :] - intersection
     iou = np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
 
-    rows, cols = linear_sum_assignment(iou, maximize=True)
-    hits = iou[rows, cols] >= iou_threshold
-    rows, cols = rows[hits], cols[hits]
-    tp = int(hits.sum())
+    rows, cols = match_instances(iou, iou_threshold)
+    tp = len(rows)
     fp, fn = n_pred - tp, n_gt - tp
     f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     pair_dice = 2 * intersection[rows, cols] / (gt_sizes[rows] + pred_sizes[cols])

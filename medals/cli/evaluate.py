@@ -1,24 +1,35 @@
-"""`medals evaluate PRED GT`: score segmentations against ground truths with the challenge metrics.
+"""`medals evaluate PRED GT`: score segmentations against ground truths as the challenge's evaluation does.
 
 PRED and GT are two label-map files, or two folders whose files are paired by case name (the file name without
-its extension, so `case1.nii.gz` pairs with `case1.nrrd`). Each pair must share a voxel grid. Semantic mode writes
-one CSV row per (case, label) with DSC and NSD at 2 mm and prints per-label means; `--instance` scores instance
-tasks (6-connected components of the prediction) with F1 and DSC-TP, one row per case.
+its extension, so `case1.nii.gz` pairs with `case1.nrrd`). Each pair must share a voxel grid.
+
+* Semantic cases: DSC and NSD at 2 mm for each label both prompted and present in the ground truth, one CSV row
+  per (case, label); the case score is their NaN-mean.
+* Instance cases (a challenge npz whose `text_prompts` say `instance_label: 1`, or every case with `--instance`):
+  the ground truth's values are its instances, as given; a binary prediction is split into 6-connected
+  components, any other prediction is an instance map as given. One row per case with TP, FP, FN, F1, DSC-TP.
+
+Spacing: ITK formats (NIfTI, NRRD, MetaImage) use their header. A challenge npz stores `spacing` in (H, W, D)
+order for (D, H, W) arrays; the official evaluation applies it to the arrays' axes in stored order, which
+`--npz-spacing official` (the default) reproduces; `--npz-spacing physical` pairs each axis with its own spacing.
+A prediction npz holding only `segs` takes its case's spacing.
 """
 from __future__ import annotations
 
 import csv
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
-from ..io import Volume, case_name, list_volume_files, read_labels
-from ..metrics import NSD_TOLERANCE_MM, instance_scores, semantic_scores, split_instances
+from ..io import Volume, case_name, kji_spacing_to_npz, list_volume_files, read_labels
+from ..metrics import NSD_TOLERANCE_MM, case_mean, instance_scores, prediction_instances, semantic_scores
 
-SEMANTIC_COLUMNS = ("case", "label", "name", "dsc", "nsd")
-INSTANCE_COLUMNS = ("case", "tp", "fp", "fn", "f1", "dsc_tp")
+COLUMNS = ("case", "label", "name", "dsc", "nsd", "tp", "fp", "fn", "f1", "dsc_tp")
+CASE_COLUMNS = ("case", "dsc", "nsd", "f1", "dsc_tp")
+NPZ_SPACING_ORDERS = ("official", "physical")
 
 
 def parse_labels(items: list[str] | None) -> dict[int, str] | None:
@@ -55,12 +66,25 @@ def pair_cases(pred: Path, gt: Path) -> list[tuple[str, Path, Path]]:
     return [(name, predictions[name], truths[name]) for name in sorted(truths)]
 
 
+def read_pair(pred_path: Path, gt_path: Path) -> tuple[Volume, Volume]:
+    """The prediction and ground truth of one case, checked to lie on one grid."""
+    gt = read_labels(gt_path)
+    pred = read_labels(pred_path, spacing_if_absent=gt.spacing)
+    check_same_grid(pred, gt)
+    return pred, gt
+
+
 def check_same_grid(pred: Volume, gt: Volume) -> None:
-    """Raise InputError unless both label maps lie on the same voxel grid, saying what differs."""
+    """Raise InputError unless both label maps lie on the same voxel grid, saying what differs.
+
+    Two challenge npz files carry no geometry: only their shapes must agree, and the ground truth's spacing is
+    the case's (the official evaluation never reads a prediction's spacing).
+    """
     if pred.shape != gt.shape:
         raise InputError(f"{pred.source}: shape {pred.shape} differs from the ground truth's {gt.shape} "
                          f"({gt.source})")
-    if not pred.same_grid(gt):
+    both_npz = pred.extras.get("format") == gt.extras.get("format") == "npz"
+    if not both_npz and not pred.same_grid(gt):
         raise InputError(f"{pred.source}: geometry differs from the ground truth {gt.source} (spacing "
                          f"{_rounded(pred.spacing)} vs {_rounded(gt.spacing)} mm, origin {_rounded(pred.origin)} vs "
                          f"{_rounded(gt.origin)})")
@@ -72,39 +96,62 @@ def _rounded(values) -> tuple[float, ...]:
     return tuple(round(float(v), 4) for v in values)
 
 
-def label_names(labels: dict[int, str] | None, gt: Volume, pred: Volume) -> dict[int, str]:
+def axis_spacing(gt: Volume, npz_spacing: str) -> tuple[float, float, float]:
+    """The spacing (mm) applied to the arrays' axes (k, j, i) when measuring surface distances.
+
+    For a challenge npz under the official convention this is the stored spacing as it lies in the file
+    (spacing[0] on the slice axis D), not the spacing of each axis.
+    """
+    if gt.extras.get("format") == "npz" and npz_spacing == "official":
+        return kji_spacing_to_npz(gt.spacing)
+    return tuple(gt.spacing)
+
+
+def case_prompts(gt: Volume, pred: Volume) -> dict:
+    """The challenge `text_prompts` of a case (the ground truth's, else the prediction's; {} for other formats)."""
+    return gt.extras.get("text_prompts") or pred.extras.get("text_prompts") or {}
+
+
+def label_names(labels: dict[int, str] | None, prompts: dict, gt: Volume) -> dict[int, str]:
     """Labels to score with their names: --labels, else the prompts of a challenge npz, else those in GT."""
     if labels is not None:
         return labels
-    prompts = gt.extras.get("text_prompts") or pred.extras.get("text_prompts") or {}
     prompted = {int(k): str(v) for k, v in prompts.items() if k != "instance_label" and str(k).isdigit()}
     if prompted:
         return prompted
     return {int(v): "" for v in np.unique(gt.array) if v != 0}
 
 
-def evaluate_semantic(cases, labels) -> list[dict]:
-    rows = []
-    for name, pred_path, gt_path in cases:
-        gt, pred = read_labels(gt_path), read_labels(pred_path)
-        check_same_grid(pred, gt)
-        names = label_names(labels, gt, pred)
-        scores = semantic_scores(gt.array, pred.array, gt.spacing, names, NSD_TOLERANCE_MM)
-        rows.extend({"case": name, "label": value, "name": names[value], **scores[value]} for value in scores)
-    return rows
+def score_case(name: str, pred: Volume, gt: Volume, labels: dict[int, str] | None, instance: bool,
+               npz_spacing: str) -> tuple[list[dict], dict]:
+    """The CSV rows of one case and its case-level scores (DSC, NSD, F1, DSC-TP; NaN where not applicable)."""
+    prompts = case_prompts(gt, pred)
+    names = label_names(labels, prompts, gt)
+    if instance or int(prompts.get("instance_label", 0)) == 1:
+        scores = instance_scores(gt.array, prediction_instances(pred.array))
+        row = {"case": name, "name": "; ".join(n for n in names.values() if n), "tp": scores.tp, "fp": scores.fp,
+               "fn": scores.fn, "f1": scores.f1, "dsc_tp": scores.dsc_tp}
+        return [row], {"case": name, "dsc": math.nan, "nsd": math.nan, "f1": scores.f1, "dsc_tp": scores.dsc_tp}
+    scores = semantic_scores(gt.array, pred.array, axis_spacing(gt, npz_spacing), names, NSD_TOLERANCE_MM)
+    rows = [{"case": name, "label": value, "name": names[value], **scores[value]} for value in scores]
+    return rows, {"case": name, "dsc": case_mean(scores, "dsc"), "nsd": case_mean(scores, "nsd"),
+                  "f1": math.nan, "dsc_tp": math.nan}
 
 
-def evaluate_instances(cases) -> list[dict]:
-    rows = []
+def evaluate_cases(cases, labels: dict[int, str] | None = None, instance: bool = False,
+                   npz_spacing: str = "official") -> tuple[list[dict], list[dict], list[tuple[str, InputError]]]:
+    """Score every case: (label rows, case rows, (case name, error) of each case that could not be read)."""
+    rows, case_rows, errors = [], [], []
     for name, pred_path, gt_path in cases:
-        gt, pred = read_labels(gt_path), read_labels(pred_path)
-        check_same_grid(pred, gt)
-        # A ground truth with several values is an instance map already; a binary one is split like the prediction.
-        gt_instances = gt.array if len(np.unique(gt.array[gt.array > 0])) > 1 else split_instances(gt.array > 0)
-        scores = instance_scores(gt_instances, split_instances(pred.array > 0))
-        rows.append({"case": name, "tp": scores.tp, "fp": scores.fp, "fn": scores.fn, "f1": scores.f1,
-                     "dsc_tp": scores.dsc_tp})
-    return rows
+        try:
+            pred, gt = read_pair(pred_path, gt_path)
+        except InputError as error:
+            errors.append((name, error))
+            continue
+        mine, summary = score_case(name, pred, gt, labels, instance, npz_spacing)
+        rows.extend(mine)
+        case_rows.append(summary)
+    return rows, case_rows, errors
 
 
 def write_csv(rows: list[dict], columns: tuple[str, ...], path: Path) -> None:
@@ -113,7 +160,7 @@ def write_csv(rows: list[dict], columns: tuple[str, ...], path: Path) -> None:
         writer = csv.DictWriter(stream, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+            writer.writerow({k: f"{v:.8f}" if isinstance(v, float) else v for k, v in row.items()})
 
 
 def _nanmean(values) -> float:
@@ -121,48 +168,58 @@ def _nanmean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def print_semantic_summary(rows: list[dict]) -> None:
-    print(f"{'label':>5}  {'name':<28} {'cases':>5}  {'DSC':>7}  {'NSD':>7}")
-    for value in sorted({row["label"] for row in rows}):
-        mine = [row for row in rows if row["label"] == value]
-        print(f"{value:>5}  {mine[0]['name'][:28]:<28} {len(mine):>5}  {_nanmean(r['dsc'] for r in mine):>7.4f}  "
-              f"{_nanmean(r['nsd'] for r in mine):>7.4f}")
-    cases = sorted({row["case"] for row in rows})
-    case_dsc = [_nanmean(r["dsc"] for r in rows if r["case"] == c) for c in cases]
-    case_nsd = [_nanmean(r["nsd"] for r in rows if r["case"] == c) for c in cases]
-    print(f"mean over {len(cases)} case(s): DSC {_nanmean(case_dsc):.4f}  NSD {_nanmean(case_nsd):.4f}")
+def print_summary(rows: list[dict], case_rows: list[dict]) -> None:
+    semantic = [row for row in rows if "dsc" in row]
+    if semantic:
+        print(f"{'label':>5}  {'name':<28} {'cases':>5}  {'DSC':>7}  {'NSD':>7}")
+        for value in sorted({row["label"] for row in semantic}):
+            mine = [row for row in semantic if row["label"] == value]
+            print(f"{value:>5}  {mine[0]['name'][:28]:<28} {len(mine):>5}  "
+                  f"{_nanmean(r['dsc'] for r in mine):>7.4f}  {_nanmean(r['nsd'] for r in mine):>7.4f}")
+    means = {metric: _nanmean(row[metric] for row in case_rows) for metric in CASE_COLUMNS[1:]}
+    shown = [f"{label} {means[metric]:.4f}" for metric, label in
+             (("dsc", "DSC"), ("nsd", "NSD"), ("f1", "F1"), ("dsc_tp", "DSC-TP")) if not math.isnan(means[metric])]
+    print(f"mean over {len(case_rows)} case(s): {'  '.join(shown) or 'nothing scored'}")
 
 
 def run_evaluate(args) -> int:
     cases = pair_cases(Path(args.pred), Path(args.gt))
+    rows, case_rows, errors = evaluate_cases(cases, parse_labels(args.labels), args.instance, args.npz_spacing)
+    if errors and len(cases) == 1:
+        raise errors[0][1]
     output = Path(args.output)
-    if args.instance:
-        rows = evaluate_instances(cases)
-        write_csv(rows, INSTANCE_COLUMNS, output)
-        print(f"instance scores over {len(rows)} case(s): F1 {_nanmean(r['f1'] for r in rows):.4f}  "
-              f"DSC-TP {_nanmean(r['dsc_tp'] for r in rows):.4f}")
-    else:
-        rows = evaluate_semantic(cases, parse_labels(args.labels))
-        write_csv(rows, SEMANTIC_COLUMNS, output)
-        if rows:
-            print_semantic_summary(rows)
-        else:
-            print("no prompted label is present in the ground truth: nothing scored")
-    print(f"wrote {output}")
+    write_csv(rows, COLUMNS, output)
+    if args.case_output:
+        write_csv(case_rows, CASE_COLUMNS, Path(args.case_output))
+    print_summary(rows, case_rows)
+    print(f"wrote {output}" + (f" and {args.case_output}" if args.case_output else ""))
+    if errors:
+        for name, error in errors:
+            print(f"{name}: {error}", file=sys.stderr)
+        raise InputError(f"{len(errors)} of {len(cases)} case(s) could not be scored (listed above)")
     return 0
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="score predictions against ground truths (DSC, NSD; or instance F1, DSC-TP)",
-        description="Score label maps with the CVPR 2025 BiomedSegFM metrics. PRED and GT are files or folders "
-                    "(files paired by name without extension); any supported format.")
+        "evaluate", help="score predictions against ground truths (DSC, NSD; instance F1, DSC-TP)",
+        description="Score label maps with the CVPR 2025 BiomedSegFM metrics, as the challenge's official "
+                    "evaluation computes them. PRED and GT are files or folders (files paired by name without "
+                    "extension); any supported format.")
     parser.add_argument("pred", metavar="PRED", help="predicted label map, or a folder of them")
     parser.add_argument("gt", metavar="GT", help="ground-truth label map, or a folder of them")
     parser.add_argument("--labels", nargs="+", metavar="VALUE[=NAME]",
                         help="label values to score, optionally named (default: the npz prompts, else every "
                              "label present in the ground truth)")
     parser.add_argument("--instance", action="store_true",
-                        help="instance task: F1 and DSC-TP over 6-connected components")
-    parser.add_argument("-o", "--output", default="metrics.csv", help="CSV to write (default: metrics.csv)")
+                        help="score every case as an instance task (F1, DSC-TP); by default only challenge npz "
+                             "cases whose prompts say instance_label 1")
+    parser.add_argument("--npz-spacing", choices=NPZ_SPACING_ORDERS, default="official",
+                        help="challenge npz: apply the stored spacing to the array axes in stored order, as the "
+                             "official evaluation does (official, default), or give each axis its own spacing "
+                             "(physical)")
+    parser.add_argument("-o", "--output", default="metrics.csv",
+                        help="CSV of label (semantic) and case (instance) scores (default: metrics.csv)")
+    parser.add_argument("--case-output", metavar="CSV",
+                        help="also write one row per case: DSC, NSD, F1, DSC-TP (the official table's columns)")
     parser.set_defaults(func=run_evaluate)
