@@ -1,4 +1,4 @@
-"""`medals evaluate` through `medals.cli.main`: pairing, grid checks, CSV contents, instance mode."""
+"""`medals evaluate` through `medals.cli.main`: pairing, grid checks, CSV contents, spacing, instance mode."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from medals.cli import main
-from medals.io import Volume, write_labels
+from medals.io import Volume, kji_spacing_to_npz, write_labels
+from medals.metrics import normalized_surface_dice
 
 SPACING = (2.0, 1.0, 1.0)
 
@@ -114,3 +115,53 @@ def test_bad_label_argument(tmp_path, capsys):
     gt = write(two_organs(), tmp_path / "g.nrrd")
     assert main(["evaluate", str(gt), str(gt), "--labels", "liver", "-o", str(tmp_path / "m.csv")]) == 2
     assert "--labels" in capsys.readouterr().err
+
+
+def test_nifti_keeps_its_header_spacing_as_npz_physical_does(tmp_path):
+    # One anisotropic case as NIfTI (spacing from the header) and as challenge npz: the NIfTI scores equal the
+    # npz's under --npz-spacing physical, and the official order (stored spacing on the array axes) differs.
+    gt = two_organs()
+    pred = np.roll(gt, 2, axis=0)
+    spacing_kji = (3.0, 0.5, 0.8)
+    write(pred, tmp_path / "p.nii.gz", spacing=spacing_kji)
+    write(gt, tmp_path / "g.nii.gz", spacing=spacing_kji)
+    prompts = np.array({"1": "liver", "2": "spleen", "instance_label": 0}, dtype=object)
+    stored = np.array(kji_spacing_to_npz(spacing_kji))
+    np.savez_compressed(tmp_path / "g.npz", gts=gt, spacing=stored, text_prompts=prompts)
+    np.savez_compressed(tmp_path / "p.npz", segs=pred)
+
+    def nsd(pred_path, gt_path, *options):
+        assert main(["evaluate", str(pred_path), str(gt_path), "-o", str(tmp_path / "m.csv"), *options]) == 0
+        return [float(row["nsd"]) for row in read_csv(tmp_path / "m.csv")]
+
+    from_header = nsd(tmp_path / "p.nii.gz", tmp_path / "g.nii.gz")
+    assert from_header == nsd(tmp_path / "p.npz", tmp_path / "g.npz", "--npz-spacing", "physical")
+    assert from_header != nsd(tmp_path / "p.npz", tmp_path / "g.npz")
+    assert from_header == pytest.approx([normalized_surface_dice(gt == v, pred == v, spacing_kji) for v in (1, 2)],
+                                        abs=1e-8)
+
+
+def test_a_folder_survives_one_unreadable_case(tmp_path, capsys):
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    for name in ("good", "bad"):
+        write(two_organs(), tmp_path / "gt" / f"{name}.nrrd")
+    write(two_organs(), tmp_path / "pred" / "good.nrrd")
+    write(two_organs()[:-1], tmp_path / "pred" / "bad.nrrd")
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(tmp_path / "m.csv")]) == 2
+    assert {row["case"] for row in read_csv(tmp_path / "m.csv")} == {"good"}
+    err = capsys.readouterr().err
+    assert "bad: " in err and "shape" in err and "1 of 2 case(s)" in err
+
+
+def test_instance_cases_follow_the_npz_prompts(tmp_path):
+    gt = np.zeros((4, 10, 30), np.uint8)
+    gt[:, 2:6, 2:6] = 1
+    gt[:, 2:6, 12:16] = 2
+    prompts = np.array({"1": "lesions", "instance_label": 1}, dtype=object)
+    np.savez_compressed(tmp_path / "g.npz", gts=gt, spacing=np.array([1.0, 1.0, 2.0]), text_prompts=prompts)
+    np.savez_compressed(tmp_path / "p.npz", segs=(gt > 0).astype(np.uint8))  # binary: split into components
+    assert main(["evaluate", str(tmp_path / "p.npz"), str(tmp_path / "g.npz"), "-o", str(tmp_path / "m.csv")]) == 0
+    (row,) = read_csv(tmp_path / "m.csv")
+    assert (row["name"], row["tp"], row["fp"], row["fn"], row["dsc"]) == ("lesions", "2", "0", "0", "")
+    assert float(row["f1"]) == 1.0

@@ -172,9 +172,10 @@ def print_summary(rows: list[dict], case_rows: list[dict]) -> None:
     semantic = [row for row in rows if "dsc" in row]
     if semantic:
         print(f"{'label':>5}  {'name':<28} {'cases':>5}  {'DSC':>7}  {'NSD':>7}")
-        for value in sorted({row["label"] for row in semantic}):
-            mine = [row for row in semantic if row["label"] == value]
-            print(f"{value:>5}  {mine[0]['name'][:28]:<28} {len(mine):>5}  "
+        # A label value means one structure per dataset: challenge cases of several datasets share values.
+        for value, name in sorted({(row["label"], row["name"]) for row in semantic}):
+            mine = [row for row in semantic if (row["label"], row["name"]) == (value, name)]
+            print(f"{value:>5}  {name[:28]:<28} {len(mine):>5}  "
                   f"{_nanmean(r['dsc'] for r in mine):>7.4f}  {_nanmean(r['nsd'] for r in mine):>7.4f}")
     means = {metric: _nanmean(row[metric] for row in case_rows) for metric in CASE_COLUMNS[1:]}
     shown = [f"{label} {means[metric]:.4f}" for metric, label in
