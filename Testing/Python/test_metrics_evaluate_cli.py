@@ -165,3 +165,19 @@ def test_instance_cases_follow_the_npz_prompts(tmp_path):
     (row,) = read_csv(tmp_path / "m.csv")
     assert (row["name"], row["tp"], row["fp"], row["fn"], row["dsc"]) == ("lesions", "2", "0", "0", "")
     assert float(row["f1"]) == 1.0
+
+
+def test_cases_the_official_evaluation_reads_otherwise_are_named(tmp_path, capsys):
+    # Labels above 255 (read as 8-bit there) and a ground truth without background (its smallest label skipped).
+    wide = two_organs().astype(np.uint16)
+    wide[wide == 2] = 300
+    full = two_organs() + 1
+    for name, gt in (("wide", wide), ("full", full)):
+        (tmp_path / name).mkdir()
+        write(gt, tmp_path / name / "p.nrrd")
+        write(gt, tmp_path / name / "g.nrrd")
+        assert main(["evaluate", str(tmp_path / name / "p.nrrd"), str(tmp_path / name / "g.nrrd"),
+                     "-o", str(tmp_path / name / "m.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "g: label value 300: the official evaluation reads labels as 8-bit" in err
+    assert "g: the ground truth has no background" in err

@@ -19,10 +19,10 @@ METRICS = ("dsc", "nsd", "f1", "dsc_tp")
 TOLERANCE = 1e-6
 
 
-def case_scores(tmp_path, *options) -> dict[str, dict[str, float]]:
+def case_scores(tmp_path, *options, gt=CASES / "gt") -> dict[str, dict[str, float]]:
     """Run `medals evaluate` on the case folders; {case: {metric: value}} from its per-case table."""
     table = tmp_path / "cases.csv"
-    code = main(["evaluate", str(CASES / "pred"), str(CASES / "gt"), "-o", str(tmp_path / "metrics.csv"),
+    code = main(["evaluate", str(CASES / "pred"), str(gt), "-o", str(tmp_path / "metrics.csv"),
                  "--case-output", str(table), *options])
     assert code == 0
     with open(table, newline="") as stream:
@@ -62,3 +62,16 @@ def test_cases_include_predictions_without_spacing_or_with_a_wrong_one():
             return arrays["spacing"] if "spacing" in arrays.files else None
     assert spacing("pred", "single_voxels") is None and spacing("pred", "sparse_label_values") is None
     assert not np.array_equal(spacing("pred", "anisotropic_organs"), spacing("gt", "anisotropic_organs"))
+
+
+def test_spacing_and_prompts_from_the_case_images(tmp_path):
+    # As the official evaluation reads them: ground truths holding only `gts`, images holding spacing and prompts.
+    for sub in ("gt", "images"):
+        (tmp_path / sub).mkdir()
+    for path in sorted((CASES / "gt").glob("*.npz")):
+        with np.load(path, allow_pickle=True) as case:
+            np.savez_compressed(tmp_path / "gt" / path.name, gts=case["gts"])
+            np.savez_compressed(tmp_path / "images" / path.name, imgs=np.zeros_like(case["gts"]),
+                                spacing=case["spacing"], text_prompts=case["text_prompts"])
+    assert_matches(case_scores(tmp_path, "--images", str(tmp_path / "images"), gt=tmp_path / "gt"),
+                   EXPECTED["official"])

@@ -12,19 +12,21 @@ its extension, so `case1.nii.gz` pairs with `case1.nrrd`). Each pair must share 
 Spacing: ITK formats (NIfTI, NRRD, MetaImage) use their header. A challenge npz stores `spacing` in (H, W, D)
 order for (D, H, W) arrays; the official evaluation applies it to the arrays' axes in stored order, which
 `--npz-spacing official` (the default) reproduces; `--npz-spacing physical` pairs each axis with its own spacing.
-A prediction npz holding only `segs` takes its case's spacing.
+A prediction npz holding only `segs` takes its case's spacing. The official evaluation reads spacing and prompts
+from the case's image npz: `--images FOLDER` does the same.
 """
 from __future__ import annotations
 
 import csv
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
-from ..io import Volume, case_name, kji_spacing_to_npz, list_volume_files, read_labels
+from ..io import Volume, case_name, kji_spacing_to_npz, list_volume_files, read_labels, read_volume
 from ..metrics import NSD_TOLERANCE_MM, case_mean, instance_scores, prediction_instances, semantic_scores
 
 COLUMNS = ("case", "label", "name", "dsc", "nsd", "tp", "fp", "fn", "f1", "dsc_tp")
@@ -66,9 +68,20 @@ def pair_cases(pred: Path, gt: Path) -> list[tuple[str, Path, Path]]:
     return [(name, predictions[name], truths[name]) for name in sorted(truths)]
 
 
-def read_pair(pred_path: Path, gt_path: Path) -> tuple[Volume, Volume]:
-    """The prediction and ground truth of one case, checked to lie on one grid."""
-    gt = read_labels(gt_path)
+def read_pair(pred_path: Path, gt_path: Path, image_path: Path | None = None) -> tuple[Volume, Volume]:
+    """The prediction and ground truth of one case, checked to lie on one grid.
+
+    With the case's challenge image (`image_path`), its spacing and prompts are the case's, as in the official
+    evaluation; the ground truth then needs neither.
+    """
+    image = read_volume(image_path) if image_path is not None else None
+    gt = read_labels(gt_path, spacing_if_absent=image.spacing if image else None)
+    if image is not None:
+        if image.shape != gt.shape:
+            raise InputError(f"{gt.source}: shape {gt.shape} differs from its image's {image.shape} ({image.source})")
+        gt.spacing = image.spacing
+        if "text_prompts" in image.extras:
+            gt.extras["text_prompts"] = image.extras["text_prompts"]
     pred = read_labels(pred_path, spacing_if_absent=gt.spacing)
     check_same_grid(pred, gt)
     return pred, gt
@@ -124,10 +137,13 @@ def label_names(labels: dict[int, str] | None, prompts: dict, gt: Volume) -> dic
 
 def score_case(name: str, pred: Volume, gt: Volume, labels: dict[int, str] | None, instance: bool,
                npz_spacing: str) -> tuple[list[dict], dict]:
-    """The CSV rows of one case and its case-level scores (DSC, NSD, F1, DSC-TP; NaN where not applicable)."""
+    """The CSV rows of one case and its case-level scores (DSC, NSD, F1, DSC-TP; NaN where not applicable).
+
+    `instance` scores it as an instance task, otherwise semantic.
+    """
     prompts = case_prompts(gt, pred)
     names = label_names(labels, prompts, gt)
-    if instance or int(prompts.get("instance_label", 0)) == 1:
+    if instance:
         scores = instance_scores(gt.array, prediction_instances(pred.array))
         row = {"case": name, "name": "; ".join(n for n in names.values() if n), "tp": scores.tp, "fp": scores.fp,
                "fn": scores.fn, "f1": scores.f1, "dsc_tp": scores.dsc_tp}
@@ -138,20 +154,46 @@ def score_case(name: str, pred: Volume, gt: Volume, labels: dict[int, str] | Non
                   "f1": math.nan, "dsc_tp": math.nan}
 
 
+def official_differences(pred: Volume, gt: Volume, instance: bool) -> list[str]:
+    """Where the official evaluation's reading of a case departs from the stored labels (its scores differ)."""
+    notes = []
+    largest = max(int(gt.array.max(initial=0)), int(pred.array.max(initial=0)))
+    if instance and len(np.unique(pred.array)) == 2:
+        largest = max(largest, int(pred.array.max()) + int(prediction_instances(pred.array).max()))
+    if largest > 255:
+        notes.append(f"label value {largest}: the official evaluation reads labels as 8-bit (values wrap at 256)")
+    if not instance and gt.array.size and np.all(gt.array != 0):
+        notes.append("the ground truth has no background: the official evaluation skips its smallest label")
+    return notes
+
+
+@dataclass
+class Evaluation:
+    """Scores of a set of cases: CSV rows, one summary per case, unreadable cases, departures from the official
+    evaluation's reading."""
+
+    rows: list[dict] = field(default_factory=list)
+    cases: list[dict] = field(default_factory=list)
+    failures: list[tuple[str, InputError]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
 def evaluate_cases(cases, labels: dict[int, str] | None = None, instance: bool = False,
-                   npz_spacing: str = "official") -> tuple[list[dict], list[dict], list[tuple[str, InputError]]]:
-    """Score every case: (label rows, case rows, (case name, error) of each case that could not be read)."""
-    rows, case_rows, errors = [], [], []
+                   npz_spacing: str = "official", images: Path | None = None) -> Evaluation:
+    """Score every (name, prediction, ground truth) case; `images` is a folder of the cases' challenge images."""
+    result = Evaluation()
     for name, pred_path, gt_path in cases:
         try:
-            pred, gt = read_pair(pred_path, gt_path)
+            pred, gt = read_pair(pred_path, gt_path, images / f"{name}.npz" if images else None)
         except InputError as error:
-            errors.append((name, error))
+            result.failures.append((name, error))
             continue
-        mine, summary = score_case(name, pred, gt, labels, instance, npz_spacing)
-        rows.extend(mine)
-        case_rows.append(summary)
-    return rows, case_rows, errors
+        is_instance = instance or int(case_prompts(gt, pred).get("instance_label", 0)) == 1
+        rows, summary = score_case(name, pred, gt, labels, is_instance, npz_spacing)
+        result.rows.extend(rows)
+        result.cases.append(summary)
+        result.notes.extend(f"{name}: {note}" for note in official_differences(pred, gt, is_instance))
+    return result
 
 
 def write_csv(rows: list[dict], columns: tuple[str, ...], path: Path) -> None:
@@ -185,19 +227,24 @@ def print_summary(rows: list[dict], case_rows: list[dict]) -> None:
 
 def run_evaluate(args) -> int:
     cases = pair_cases(Path(args.pred), Path(args.gt))
-    rows, case_rows, errors = evaluate_cases(cases, parse_labels(args.labels), args.instance, args.npz_spacing)
-    if errors and len(cases) == 1:
-        raise errors[0][1]
+    images = Path(args.images) if args.images else None
+    if images is not None and not images.is_dir():
+        raise InputError(f"--images {images}: not a folder")
+    result = evaluate_cases(cases, parse_labels(args.labels), args.instance, args.npz_spacing, images)
+    if result.failures and len(cases) == 1:
+        raise result.failures[0][1]
     output = Path(args.output)
-    write_csv(rows, COLUMNS, output)
+    write_csv(result.rows, COLUMNS, output)
     if args.case_output:
-        write_csv(case_rows, CASE_COLUMNS, Path(args.case_output))
-    print_summary(rows, case_rows)
+        write_csv(result.cases, CASE_COLUMNS, Path(args.case_output))
+    print_summary(result.rows, result.cases)
     print(f"wrote {output}" + (f" and {args.case_output}" if args.case_output else ""))
-    if errors:
-        for name, error in errors:
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if result.failures:
+        for name, error in result.failures:
             print(f"{name}: {error}", file=sys.stderr)
-        raise InputError(f"{len(errors)} of {len(cases)} case(s) could not be scored (listed above)")
+        raise InputError(f"{len(result.failures)} of {len(cases)} case(s) could not be scored (listed above)")
     return 0
 
 
@@ -219,6 +266,9 @@ def register(subparsers) -> None:
                         help="challenge npz: apply the stored spacing to the array axes in stored order, as the "
                              "official evaluation does (official, default), or give each axis its own spacing "
                              "(physical)")
+    parser.add_argument("--images", metavar="FOLDER",
+                        help="the cases' challenge image npz files (same names): spacing and prompts are read "
+                             "from them, as the official evaluation does")
     parser.add_argument("-o", "--output", default="metrics.csv",
                         help="CSV of label (semantic) and case (instance) scores (default: metrics.csv)")
     parser.add_argument("--case-output", metavar="CSV",
