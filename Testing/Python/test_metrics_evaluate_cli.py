@@ -168,7 +168,8 @@ def test_instance_cases_follow_the_npz_prompts(tmp_path):
 
 
 def test_cases_the_official_evaluation_reads_otherwise_are_named(tmp_path, capsys):
-    # Labels above 255 (read as 8-bit there) and a ground truth without background (its smallest label skipped).
+    # Labels above 255 (read as 8-bit there), a ground truth without background (its smallest label skipped)
+    # and a binary prediction of more components than 8 bits can number.
     wide = two_organs().astype(np.uint16)
     wide[wide == 2] = 300
     full = two_organs() + 1
@@ -178,6 +179,14 @@ def test_cases_the_official_evaluation_reads_otherwise_are_named(tmp_path, capsy
         write(gt, tmp_path / name / "g.nrrd")
         assert main(["evaluate", str(tmp_path / name / "p.nrrd"), str(tmp_path / name / "g.nrrd"),
                      "-o", str(tmp_path / name / "m.csv")]) == 0
+    specks = np.zeros((1, 40, 40), np.uint8)
+    specks[:, ::2, ::2] = 1  # 400 components, numbered 2..401 there
+    (tmp_path / "specks").mkdir()
+    write(specks, tmp_path / "specks" / "p.nrrd")
+    write(specks, tmp_path / "specks" / "g.nrrd")
+    assert main(["evaluate", str(tmp_path / "specks" / "p.nrrd"), str(tmp_path / "specks" / "g.nrrd"), "--instance",
+                 "-o", str(tmp_path / "specks" / "m.csv")]) == 0
     err = capsys.readouterr().err
     assert "g: label value 300: the official evaluation reads labels as 8-bit" in err
     assert "g: the ground truth has no background" in err
+    assert "g: label value 401: the official evaluation reads labels as 8-bit" in err

@@ -135,16 +135,15 @@ def label_names(labels: dict[int, str] | None, prompts: dict, gt: Volume) -> dic
     return {int(v): "" for v in np.unique(gt.array) if v != 0}
 
 
-def score_case(name: str, pred: Volume, gt: Volume, labels: dict[int, str] | None, instance: bool,
-               npz_spacing: str) -> tuple[list[dict], dict]:
+def score_case(name: str, pred: Volume, gt: Volume, labels: dict[int, str] | None,
+               pred_instances: np.ndarray | None, npz_spacing: str) -> tuple[list[dict], dict]:
     """The CSV rows of one case and its case-level scores (DSC, NSD, F1, DSC-TP; NaN where not applicable).
 
-    `instance` scores it as an instance task, otherwise semantic.
+    An instance case comes with the prediction's instance map (`pred_instances`); a semantic one with None.
     """
-    prompts = case_prompts(gt, pred)
-    names = label_names(labels, prompts, gt)
-    if instance:
-        scores = instance_scores(gt.array, prediction_instances(pred.array))
+    names = label_names(labels, case_prompts(gt, pred), gt)
+    if pred_instances is not None:
+        scores = instance_scores(gt.array, pred_instances)
         row = {"case": name, "name": "; ".join(n for n in names.values() if n), "tp": scores.tp, "fp": scores.fp,
                "fn": scores.fn, "f1": scores.f1, "dsc_tp": scores.dsc_tp}
         return [row], {"case": name, "dsc": math.nan, "nsd": math.nan, "f1": scores.f1, "dsc_tp": scores.dsc_tp}
@@ -154,15 +153,16 @@ def score_case(name: str, pred: Volume, gt: Volume, labels: dict[int, str] | Non
                   "f1": math.nan, "dsc_tp": math.nan}
 
 
-def official_differences(pred: Volume, gt: Volume, instance: bool) -> list[str]:
+def official_differences(pred: Volume, gt: Volume, pred_instances: np.ndarray | None) -> list[str]:
     """Where the official evaluation's reading of a case departs from the stored labels (its scores differ)."""
     notes = []
     largest = max(int(gt.array.max(initial=0)), int(pred.array.max(initial=0)))
-    if instance and len(np.unique(pred.array)) == 2:
-        largest = max(largest, int(pred.array.max()) + int(prediction_instances(pred.array).max()))
+    if pred_instances is not None and pred_instances is not pred.array:
+        # A split binary prediction: the official code numbers its components from the mask's value up.
+        largest = max(largest, int(pred.array.max()) + int(pred_instances.max()))
     if largest > 255:
         notes.append(f"label value {largest}: the official evaluation reads labels as 8-bit (values wrap at 256)")
-    if not instance and gt.array.size and np.all(gt.array != 0):
+    if pred_instances is None and gt.array.size and np.all(gt.array != 0):
         notes.append("the ground truth has no background: the official evaluation skips its smallest label")
     return notes
 
@@ -189,10 +189,11 @@ def evaluate_cases(cases, labels: dict[int, str] | None = None, instance: bool =
             result.failures.append((name, error))
             continue
         is_instance = instance or int(case_prompts(gt, pred).get("instance_label", 0)) == 1
-        rows, summary = score_case(name, pred, gt, labels, is_instance, npz_spacing)
+        pred_instances = prediction_instances(pred.array) if is_instance else None
+        rows, summary = score_case(name, pred, gt, labels, pred_instances, npz_spacing)
         result.rows.extend(rows)
         result.cases.append(summary)
-        result.notes.extend(f"{name}: {note}" for note in official_differences(pred, gt, is_instance))
+        result.notes.extend(f"{name}: {note}" for note in official_differences(pred, gt, pred_instances))
     return result
 
 
