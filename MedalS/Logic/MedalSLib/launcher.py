@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -239,6 +240,22 @@ def satisfied(requirement, path: list[str] | None = None) -> bool:
     return version is not None and requirement.specifier.contains(version, prereleases=True)
 
 
+def install_from_source(source: Path, pip_install: Callable[[list[str]], None]) -> None:
+    """Install the engine from its source folder (ENGINE_FILES in `source`) with `pip_install`, without a package
+    index and without its dependencies. From a copy, because pip builds in the folder it is given (the extension's
+    folder may be read-only); without build isolation, because Slicer's Python has the build backend
+    (setuptools) and isolation would download it."""
+    with tempfile.TemporaryDirectory(prefix="medals-engine-") as folder:
+        copy = Path(folder) / "medals"
+        for name in ENGINE_FILES:
+            if (source / name).is_dir():
+                shutil.copytree(source / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                (copy / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(source / name, copy / name)
+        pip_install([str(copy), "--no-index", "--no-deps", "--no-build-isolation"])
+
+
 @dataclass
 class SlicerPythonSetup:
     """Installs the engine into Slicer's own Python, with the user's consent, from the files shipped with the module.
@@ -344,22 +361,13 @@ class SlicerPythonSetup:
 
     def _install_engine(self) -> None:
         if self.engine_package:
-            self._pip([self.engine_package, "--no-deps"], "the engine package " + self.engine_package,
-                      "check the Engine package setting and try again")
+            with _installing(f"the engine package {self.engine_package}",
+                             "check the Engine package setting and try again"):
+                self.pip_install([self.engine_package, "--no-deps"])
             return
-        # A copy, because pip builds in the source folder; no index and no build isolation, because Slicer's
-        # Python has the build backend (setuptools) and nothing of the engine's own is downloaded.
         source = shipped_engine(self.module_dir)
-        with tempfile.TemporaryDirectory(prefix="medals-engine-") as folder:
-            copy = Path(folder) / "medals"
-            for name in ENGINE_FILES:
-                if (source / name).is_dir():
-                    shutil.copytree(source / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
-                else:
-                    copy.joinpath(name).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(source / name, copy / name)
-            self._pip([str(copy), "--no-index", "--no-deps", "--no-build-isolation"],
-                      f"the MedalS engine from {source}", "reinstall the MedalS extension and try again")
+        with _installing(f"the MedalS engine from {source}", "reinstall the MedalS extension and try again"):
+            install_from_source(source, self.pip_install)
 
     def _install_torch(self, requirement) -> None:
         try:
@@ -379,15 +387,9 @@ class SlicerPythonSetup:
             constraints = Path(folder) / "slicer-packages.txt"
             constraints.write_text("".join(f"{name}=={version}\n" for name in (*SLICER_PACKAGES, "torch")
                                            if (version := installed_version(name, self.path))))
-            self._pip([*map(str, missing), "--constraint", str(constraints)], f"the engine's dependencies ({names})",
-                      "check the internet connection (pip downloads them from the Python Package Index) and try "
-                      "again")
-
-    def _pip(self, arguments: list[str], what: str, action: str) -> None:
-        try:
-            self.pip_install(arguments)
-        except Exception as error:  # CalledProcessError from pip, or whatever Slicer's wrapper raises
-            raise EngineStartError(f"installing {what} failed ({_failure(error)}): {action}") from None
+            with _installing(f"the engine's dependencies ({names})", "check the internet connection (pip "
+                             "downloads them from the Python Package Index) and try again"):
+                self.pip_install([*map(str, missing), "--constraint", str(constraints)])
 
     def _check_installed(self) -> None:
         if (installed_version(ENGINE_DISTRIBUTION, self.path) is None
@@ -399,6 +401,15 @@ class SlicerPythonSetup:
         if unmet:
             raise EngineStartError(f"after installation the engine still lacks {', '.join(unmet)}: restart Slicer "
                                    "and try again")
+
+
+@contextmanager
+def _installing(what: str, action: str):
+    """Any failure of an installer inside becomes an EngineStartError that says what failed and what to do."""
+    try:
+        yield
+    except Exception as error:  # CalledProcessError from pip, or whatever Slicer's wrapper raises
+        raise EngineStartError(f"installing {what} failed ({_failure(error)}): {action}") from None
 
 
 def _failure(error: BaseException) -> str:
