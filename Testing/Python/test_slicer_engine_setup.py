@@ -12,6 +12,7 @@ Installed packages are looked up only in that folder (`path`), so that the test 
 medals stay out of it. A real install, with the real pip and without a package index, from the files the
 extension's CMake rules install, is in test_slicer_packaging.py.
 """
+import json
 import shlex
 import subprocess
 import sys
@@ -34,8 +35,9 @@ INDEX = {"transformers": "4.57.1", "fastapi": "0.121.0", "safetensors": "0.6.2",
 """What the stand-in pip finds on the Python Package Index (newest versions)."""
 
 
-def install(site: Path, name: str, version: str, requires=()) -> None:
-    """A distribution as pip leaves it: its package folder and its metadata."""
+def install(site: Path, name: str, version: str, requires=(), source: Path | None = None) -> None:
+    """A distribution as pip leaves it: its package folder and its metadata, with where it came from when that
+    was a file or a folder (direct_url.json, PEP 610)."""
     (site / name).mkdir(exist_ok=True)
     (site / name / "__init__.py").write_text(f"__version__ = {version!r}\n")
     info = site / f"{name}-{version}.dist-info"
@@ -43,6 +45,8 @@ def install(site: Path, name: str, version: str, requires=()) -> None:
     lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
              *(f"Requires-Dist: {requirement}" for requirement in requires)]
     (info / "METADATA").write_text("\n".join(lines) + "\n")
+    if source is not None:
+        (info / "direct_url.json").write_text(json.dumps({"url": source.resolve().as_uri()}))
 
 
 def uninstall(site: Path, name: str) -> None:
@@ -82,13 +86,13 @@ class StandInPip:
         if Path(arg).is_dir():
             project = tomllib.loads((Path(arg) / "pyproject.toml").read_text())["project"]
             uninstall(self.site, project["name"])
-            install(self.site, project["name"], project["version"], project.get("dependencies", []))
+            install(self.site, project["name"], project["version"], project.get("dependencies", []), Path(arg))
         elif arg.endswith(".whl"):
             if not Path(arg).is_file():
                 raise subprocess.CalledProcessError(1, ["pip", "install", arg])  # "not a valid wheel filename"
             name, version = PureWindowsPath(arg).name.split("-")[:2]  # the name as pip on Windows reads it
             uninstall(self.site, name)
-            install(self.site, name, version, ENGINE_DEPENDENCIES)
+            install(self.site, name, version, ENGINE_DEPENDENCIES, Path(arg))
         else:
             requirement = Requirement(arg)
             version = INDEX.get(requirement.name)
@@ -302,6 +306,21 @@ def test_pip_is_given_a_list_so_a_windows_wheel_path_keeps_its_backslashes(site,
     assert pip.calls[0] == [str(wheel), "--no-deps"]
     assert installed(site)["medals"] == "0.3.0"
     assert str(wheel) in asked[0]
+
+
+def test_an_engine_package_is_installed_once_and_a_different_one_replaces_it(site, tmp_path):
+    install(site, "torch", "2.5.1")
+    first, second = tmp_path / "medals-0.3.0-py3-none-any.whl", tmp_path / "medals-0.3.1-py3-none-any.whl"
+    for wheel in (first, second):
+        wheel.write_bytes(b"PK")
+    setup, asked, _, pip = setup_for(site, tmp_path / "no-extension", engine_package=str(first))
+    setup.ensure_engine()
+    setup.ensure_engine()
+    assert [call[0] for call in pip.calls if call[0].endswith(".whl")] == [str(first)]
+    setup.engine_package = str(second)
+    setup.ensure_engine()
+    assert "replacing version 0.3.0" in asked[-1]
+    assert installed(site)["medals"] == "0.3.1"
 
 
 def test_nothing_is_asked_or_installed_when_everything_is_in_place(site, tmp_path):

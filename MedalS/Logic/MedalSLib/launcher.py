@@ -12,6 +12,7 @@ import atexit
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import json
 import os
 import secrets
 import shutil
@@ -218,20 +219,23 @@ def shipped_engine(module_dir: Path) -> Path:
                            "reinstall the MedalS extension")
 
 
-def installed_version(name: str, path: list[str] | None = None) -> str | None:
-    """The version of distribution `name` installed on `path` (sys.path when None), read from its metadata
-    without importing it (an imported package could not be replaced without restarting Slicer)."""
+def installed_distribution(name: str, path: list[str] | None = None):
+    """The metadata of distribution `name` installed on `path` (sys.path when None), or None; read without
+    importing the package (an imported package could not be replaced without restarting Slicer)."""
     importlib.invalidate_caches()
-    for distribution in importlib.metadata.distributions(name=name, **({} if path is None else {"path": path})):
-        return distribution.version
-    return None
+    found = importlib.metadata.distributions(name=name, **({} if path is None else {"path": path}))
+    return next(iter(found), None)
+
+
+def installed_version(name: str, path: list[str] | None = None) -> str | None:
+    distribution = installed_distribution(name, path)
+    return None if distribution is None else distribution.version
 
 
 def installed_requirements(name: str, path: list[str] | None = None) -> list[str]:
     """The requirements that installed distribution `name` declares (its Requires-Dist lines)."""
-    for distribution in importlib.metadata.distributions(name=name, **({} if path is None else {"path": path})):
-        return distribution.requires or []
-    return []
+    distribution = installed_distribution(name, path)
+    return [] if distribution is None else distribution.requires or []
 
 
 def satisfied(requirement, path: list[str] | None = None) -> bool:
@@ -285,7 +289,8 @@ class SlicerPythonSetup:
         check_slicer_version(self.slicer_version)
         shipped = {} if self.engine_package else read_project(shipped_engine(self.module_dir))
         installed = installed_version(ENGINE_DISTRIBUTION, self.path)
-        engine_needed = installed is None or (bool(shipped) and installed != shipped["version"])
+        engine_needed = installed is None or (installed != shipped["version"] if shipped
+                                              else not self._installed_from_engine_package())
         # What the engine about to be installed declares (unknown for an engine package until it is installed).
         requirements = (shipped.get("dependencies", []) if engine_needed
                         else installed_requirements(ENGINE_DISTRIBUTION, self.path))
@@ -302,6 +307,19 @@ class SlicerPythonSetup:
         if missing:
             self._install_dependencies(missing)
         self._check_installed()
+
+    def _installed_from_engine_package(self) -> bool:
+        """Whether the installed engine is the one `engine_package` names: installed from that file or folder
+        (pip records where from, in direct_url.json), or of a version that meets that requirement."""
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        if os.path.exists(self.engine_package):
+            record = installed_distribution(ENGINE_DISTRIBUTION, self.path).read_text("direct_url.json")
+            return json.loads(record or "{}").get("url") == Path(self.engine_package).resolve().as_uri()
+        try:
+            return satisfied(Requirement(self.engine_package), self.path)
+        except InvalidRequirement:
+            return False
 
     def _missing(self, requirements: list[str]) -> tuple[object | None, list]:
         """torch's requirement if unmet, and the other unmet requirements; EngineStartError when one of them can
