@@ -327,7 +327,9 @@ def test_nothing_is_asked_or_installed_when_everything_is_in_place(site, tmp_pat
     install(site, "torch", "2.5.1")
     for name in ("transformers", "fastapi"):
         install(site, name, INDEX[name])
-    install(site, "medals", "0.2.0", ENGINE_DEPENDENCIES)
+    # Requirements of an optional extra, or for another platform, are not the engine's to install.
+    install(site, "medals", "0.2.0", [*ENGINE_DEPENDENCIES, 'nilearn>=0.10; extra == "demo"',
+                                      f'pywin32>=300; sys_platform != "{sys.platform}"'])
     setup, asked, torch_utils, pip = setup_for(site, extension(tmp_path))
     setup.ensure_engine()
     assert asked == [] and pip.calls == [] and torch_utils.calls == []
