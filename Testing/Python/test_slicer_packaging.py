@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 from slicer_fixtures import MODULE_DIR, REPO_ROOT
 
-from MedalSLib.launcher import ENGINE_FILES, ENGINE_FOLDER, installed_requirements, installed_version, \
-    install_from_source, shipped_engine
+from MedalSLib.launcher import (ENGINE_FILES, ENGINE_FOLDER, SlicerPythonSetup, install_from_source,
+                                installed_requirements, installed_version, shipped_engine)
 
 REQUIRED_METADATA = ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                      "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS")
@@ -270,6 +270,33 @@ def test_the_engine_installs_from_the_extension_with_pip_and_no_package_index(in
     for name in DEMO_MODEL:
         assert (target / name).read_bytes() == (REPO_ROOT / name).read_bytes(), name
     assert (target / "MedalSLib" / "client.py").read_bytes() == (MODULE_DIR / "Logic/MedalSLib/client.py").read_bytes()
+
+
+@needs_cmake
+def test_an_extension_update_replaces_the_engine_offline_with_the_real_pip(installed_extension, tmp_path):
+    """SlicerPythonSetup end to end with the real pip: Slicer's Python is played by this environment (which has
+    torch and every dependency, and medals at the repository's version) with a folder of its own in front, and
+    the extension carries a newer engine. Nothing is downloaded: no package index is reachable here."""
+    module_dir = tmp_path / "qt-scripted-modules"
+    shutil.copytree(installed_extension, module_dir)
+    pyproject = module_dir / ENGINE_FOLDER / "pyproject.toml"
+    version = tomllib.loads(pyproject.read_text())["project"]["version"]
+    pyproject.write_text(pyproject.read_text().replace(f'version = "{version}"', f'version = "{version}.post1"'))
+    target = tmp_path / "site-packages"
+    asked = []
+
+    def pip_install(arguments: list[str]) -> None:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), *arguments],
+                       check=True, timeout=600, cwd=tmp_path)
+
+    setup = SlicerPythonSetup(ask=lambda message: asked.append(message) or True, torch_utils=None,
+                              pip_install=pip_install, module_dir=module_dir, slicer_version=(5, 10),
+                              path=[str(target), *sys.path])
+    setup.ensure_engine()
+    assert f"replacing version {version}" in asked[0] and "Python Package Index" not in asked[0]
+    assert installed_version("medals", [str(target)]) == f"{version}.post1"
+    setup.ensure_engine()  # now in place: nothing more is asked
+    assert len(asked) == 1
 
 
 @needs_cmake
