@@ -371,7 +371,8 @@ class SlicerPythonSetup:
             parts.append(f"PyTorch ({torch}) through PyTorch Utils, which picks the build for this computer's GPU "
                          "(a download of up to a few GB)")
         if missing:
-            parts.append("from the Python Package Index: " + ", ".join(map(str, missing)))
+            parts.append("the engine's other dependencies from the Python Package Index ("
+                         + ", ".join(map(str, missing)) + ")")
         elif engine_needed and self.engine_package:  # its requirements are known once it is installed
             parts.append("what it needs that Slicer's Python lacks (from the Python Package Index)")
         return ("MedalS runs its engine in Slicer's own Python. This installs " + "; ".join(parts)
