@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "Logic"))
 from MedalSLib.client import JobCancelled  # noqa: E402
 from MedalSLib.errors import ModuleError  # noqa: E402
 from MedalSLib.jobs import Worker  # noqa: E402
-from MedalSLib.launcher import (ENGINE_REQUIREMENT, SlicerPythonSetup, engine_command,  # noqa: E402
+from MedalSLib.launcher import (SlicerPythonSetup, check_slicer_version, engine_command,  # noqa: E402
                                 engine_importable)
 from MedalSLib.prompts import (completion_names, parse_prompts, replace_line, segments_by_prompt,  # noqa: E402
                                structure_key)
@@ -429,6 +429,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _engineChoice(self):
         """Which engine the next request uses; installs the engine into Slicer's Python first if needed."""
+        check_slicer_version((slicer.app.majorVersion, slicer.app.minorVersion))
         mode = self._engineMode()
         if mode == "remote":
             return EngineChoice(url=self.ui.serverUrlLineEdit.text.strip(), token=self.ui.serverTokenLineEdit.text)
@@ -444,18 +445,15 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return EngineChoice(command=tuple(command), env=slicer.util.startupEnvironment())
 
     def _slicerPythonSetup(self):
-        def torchUtils():
-            import PyTorchUtils  # the PyTorch extension, a dependency of this one
-            return PyTorchUtils.PyTorchUtilsLogic()
-
         try:
-            utils = torchUtils()
+            import PyTorchUtils  # the PyTorch extension, a dependency of this one
+            torchUtils = PyTorchUtils.PyTorchUtilsLogic()
         except ImportError:
-            raise ModuleError("the PyTorch extension is missing: install 'PyTorch' from the Extensions Manager, or "
-                              "use another Python environment or a remote server") from None
-        return SlicerPythonSetup(ask=slicer.util.confirmOkCancelDisplay, torch_utils=utils,
-                                 pip_install=slicer.util.pip_install,
-                                 engine_requirement=self.ui.enginePackageLineEdit.text.strip() or ENGINE_REQUIREMENT)
+            torchUtils = None  # needed only while torch is missing, and then the set-up says what to install
+        return SlicerPythonSetup(ask=slicer.util.confirmOkCancelDisplay, torch_utils=torchUtils,
+                                 pip_install=slicer.util.pip_install, module_dir=os.path.dirname(__file__),
+                                 slicer_version=(slicer.app.majorVersion, slicer.app.minorVersion),
+                                 engine_package=self.ui.enginePackageLineEdit.text.strip())
 
     def onStartEngine(self):
         self._connectOnly("Start engine")

@@ -1,9 +1,8 @@
 """The local engine launcher, with real processes: a small stand-in engine script serves HTTP on loopback.
 
 The stand-in plays `medals serve`: it binds a free loopback port, prints the ready line, and answers only
-requests that carry the token it was given in its environment. PyTorch Utils and Slicer's pip exist only
-inside Slicer, so `SlicerPythonSetup` is tested with stand-ins for those two (a fake pip that writes a real
-package onto sys.path).
+requests that carry the token it was given in its environment. Installing the engine into Slicer's Python
+(`SlicerPythonSetup`) is tested in test_slicer_engine_setup.py.
 """
 import subprocess
 import sys
@@ -18,8 +17,7 @@ import pytest
 from slicer_fixtures import MODULE_DIR  # noqa: F401  (puts MedalSLib on sys.path)
 
 from MedalSLib.errors import EngineStartError
-from MedalSLib.launcher import (READY_MARKER, TOKEN_VARIABLE, LocalEngine, SlicerPythonSetup, engine_command,
-                                engine_version)
+from MedalSLib.launcher import READY_MARKER, TOKEN_VARIABLE, LocalEngine, engine_command, engine_version
 
 STAND_IN_ENGINE = textwrap.dedent(f"""
     import http.server, os, signal, sys
@@ -183,81 +181,3 @@ def test_engine_version_of_an_environment_without_medals_says_what_is_missing(tm
 def test_engine_version_of_a_missing_interpreter():
     with pytest.raises(EngineStartError, match="no Python interpreter at /nonexistent/python"):
         engine_version("/nonexistent/python")
-
-
-class StandInTorchUtils:
-    """PyTorch Utils' logic as far as the setup uses it (the real one exists only inside Slicer)."""
-
-    def __init__(self, installed: bool, installs: bool = True):
-        self.installed, self.installs, self.calls = installed, installs, []
-
-    def torchInstalled(self):
-        return self.installed
-
-    def installTorch(self, askConfirmation, torchVersionRequirement=None):
-        self.calls.append(("installTorch", askConfirmation, torchVersionRequirement))
-        self.installed = self.installs
-        return object() if self.installs else None
-
-
-@pytest.fixture
-def package_dir(tmp_path, monkeypatch):
-    """A folder on sys.path where the stand-in pip 'installs' packages."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return tmp_path
-
-
-def setup_for(package_dir, name: str, torch_utils, answer: bool = True, pip_creates: bool = True):
-    events = []
-
-    def ask(message):
-        events.append(("ask", message))
-        return answer
-
-    def pip_install(requirement):
-        events.append(("pip", requirement))
-        if pip_creates:
-            (package_dir / name).mkdir()
-            (package_dir / name / "__init__.py").write_text("")
-
-    return SlicerPythonSetup(ask, torch_utils, pip_install, engine_requirement=f"{name}==0.1",
-                             engine_module=name), events
-
-
-def test_setup_does_nothing_when_the_engine_is_importable(package_dir):
-    setup, events = setup_for(package_dir, "medals_setup_present", StandInTorchUtils(installed=True))
-    (package_dir / "medals_setup_present").mkdir()
-    (package_dir / "medals_setup_present" / "__init__.py").write_text("")
-    setup.ensure_engine()
-    assert events == []
-
-
-def test_setup_installs_torch_first_then_the_engine_after_consent(package_dir):
-    torch_utils = StandInTorchUtils(installed=False)
-    setup, events = setup_for(package_dir, "medals_setup_fresh", torch_utils)
-    setup.ensure_engine()
-    assert events[0][0] == "ask" and "PyTorch" in events[0][1]
-    assert torch_utils.calls == [("installTorch", False, ">=2.2")]
-    assert events[1] == ("pip", "medals_setup_fresh==0.1")
-    assert setup.engine_installed()
-
-
-def test_setup_installs_nothing_when_declined(package_dir):
-    torch_utils = StandInTorchUtils(installed=False)
-    setup, events = setup_for(package_dir, "medals_setup_declined", torch_utils, answer=False)
-    with pytest.raises(EngineStartError, match="declined"):
-        setup.ensure_engine()
-    assert torch_utils.calls == [] and [kind for kind, _ in events] == ["ask"]
-
-
-def test_setup_stops_when_pytorch_utils_installs_nothing(package_dir):
-    setup, events = setup_for(package_dir, "medals_setup_no_torch", StandInTorchUtils(installed=False, installs=False))
-    with pytest.raises(EngineStartError, match="PyTorch Utils did not install PyTorch"):
-        setup.ensure_engine()
-    assert [kind for kind, _ in events] == ["ask"]
-
-
-def test_setup_reports_an_engine_that_pip_did_not_make_importable(package_dir):
-    setup, _ = setup_for(package_dir, "medals_setup_broken", StandInTorchUtils(installed=True), pip_creates=False)
-    with pytest.raises(EngineStartError, match="cannot find the 'medals_setup_broken' package"):
-        setup.ensure_engine()

@@ -4,7 +4,7 @@
 - `prompts`: prompt text ⇄ structure names, painted segments ⇄ per-prompt masks on the volume's grid.
 - `results`: engine labels → one named, coloured segment per prompt, with undo.
 - `probability_maps`: engine probability maps → one scalar volume per prompt, updated in place.
-- `launcher`: a local engine process on a loopback port.
+- `launcher`: a local engine process on a loopback port, and the engine's set-up in Slicer's own Python.
 - `jobs`: one persistent worker thread that runs engine requests off the GUI thread.
 - `client`: the engine's HTTP protocol.
 
