@@ -155,6 +155,14 @@ def test_an_unknown_prompt_warns_with_suggestions_and_is_marked_in_the_report(tm
 
 # -- readers: sizes from headers, before the payload --------------------------------------------------------------
 
+def refused_file(path, message: str) -> None:
+    """Reading `path` fails with `message`, and the file is as it was."""
+    before = fingerprints(path.parent)
+    with pytest.raises(InputError, match=message):
+        read_volume(path)
+    assert fingerprints(path.parent) == before
+
+
 def nifti_header(dims, datatype=2, bitpix=8, offset=352.0) -> bytes:
     """A NIfTI-1 header (348 bytes + 4 bytes of empty extension flag) for uint8 voxels of `dims` (i, j, k)."""
     header = bytearray(348)
@@ -175,12 +183,17 @@ def test_a_gzip_bomb_is_refused_from_its_header_without_inflating_it(tmp_path):
         zeros = bytes(1 << 24)
         for _ in range(32):  # 512 MiB of voxels, half a megabyte on disk
             stream.write(zeros)
-    size = path.stat().st_size
     started = time.monotonic()
-    with pytest.raises(InputError, match="536870912 voxels is over the limit"):
-        read_volume(path)
+    refused_file(path, "536870912 voxels is over the limit")
     assert time.monotonic() - started < 2.0, "the payload was inflated before the header was checked"
-    assert path.stat().st_size == size
+
+
+def test_the_command_line_voxel_limit_is_checked_from_the_header(tmp_path, tiny_model, capsys):
+    source = image(tmp_path / "ct.nii.gz")
+    before = fingerprints(tmp_path)
+    line = refused(capsys, tiny_model, source, "-p", "liver", "-o", tmp_path / "out.nii.gz", "--max-voxels", "1000")
+    assert "20 × 20 × 10 = 4000 voxels is over the limit of 1000" in line
+    assert fingerprints(tmp_path) == before
 
 
 @pytest.mark.parametrize("offset", [float("nan"), float("inf"), 1e18, -5.0])
@@ -188,36 +201,31 @@ def test_a_nifti_vox_offset_that_no_file_has_is_one_line(tmp_path, offset):
     """Once: vox_offset NaN, inf or 1e18 ended in a traceback (int(nan), or a read of 1e18 bytes)."""
     path = tmp_path / "offset.nii"
     path.write_bytes(nifti_header((4, 4, 4), offset=offset) + bytes(64))
-    with pytest.raises(InputError, match="vox_offset"):
-        read_volume(path)
+    refused_file(path, "vox_offset")
 
 
 def test_a_negative_nifti_dimension_is_refused(tmp_path):
     """Once: dim[3] = -32 was read as a 64×64×1 image and segmented with exit 0."""
     path = tmp_path / "negative.nii"
     path.write_bytes(nifti_header((64, 64, -32)) + bytes(64 * 64))
-    with pytest.raises(InputError, match=r"dim\[3\] = -32 is not a positive size"):
-        read_volume(path)
+    refused_file(path, r"dim\[3\] = -32 is not a positive size")
 
 
 def test_a_huge_spacing_is_refused(tmp_path):
     """Once: spacing 1e9 mm was accepted and planned 147 windows over a grid of nothing."""
     path = write_volume(Volume(np.zeros(SHAPE, np.uint8), (1e9, 1.0, 1.0)), tmp_path / "far.nii.gz")
-    with pytest.raises(InputError, match="at most 1000 mm"):
-        read_volume(path)
+    refused_file(path, "at most 1000 mm")
 
 
 def test_float64_voxels_beyond_float32_are_refused(tmp_path):
     array = np.zeros(SHAPE, np.float64)
     array[1, 2, 3] = 1e300
     path = write_volume(Volume(array, (1.0, 1.0, 1.0)), tmp_path / "big.nii.gz")
-    with pytest.raises(InputError, match="1 of 4000 voxels are NaN, infinite or beyond the float32 range"):
-        read_volume(path)
+    refused_file(path, "1 of 4000 voxels are NaN, infinite or beyond the float32 range")
 
 
 def test_an_npz_member_is_refused_from_its_array_header(tmp_path):
     """The challenge npz: a zip bomb member is checked from its .npy header before numpy inflates it."""
     path = tmp_path / "bomb.npz"
-    np.savez_compressed(path, imgs=np.zeros((512, 1024, 1024), np.uint8), spacing=np.ones(3))
-    with pytest.raises(InputError, match="'imgs': 512 × 1024 × 1024 = 536870912 voxels is over the limit"):
-        read_volume(path)
+    np.savez_compressed(path, imgs=np.zeros((257, 1024, 1024), np.uint8), spacing=np.ones(3))  # 2²⁸ + 2²⁰ voxels
+    refused_file(path, "'imgs': 257 × 1024 × 1024 = 269484032 voxels is over the limit")

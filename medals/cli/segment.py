@@ -27,8 +27,8 @@ import numpy as np
 
 from ..errors import InputError, MedalSError
 from ..intensity import resolve_window, to_model_range
-from ..io import (Volume, case_name, check_writable, format_of, list_volume_files, read_volume, write_labels,
-                  write_volume)
+from ..io import (MAX_VOXELS, Volume, case_name, check_writable, format_of, list_volume_files, read_volume,
+                  write_labels, write_volume)
 from ..modality import detect_modality
 from ..pipeline import Prompt, SegmentOptions, segment
 from ..pipeline.request import ProgressEvent
@@ -58,14 +58,14 @@ def _challenge_prompts(volume) -> tuple[list[Prompt], bool]:
     return prompts, instance
 
 
-def _masks(specifications: list[str], volume) -> dict[int, np.ndarray]:
+def _masks(specifications: list[str], volume, max_voxels: int) -> dict[int, np.ndarray]:
     """--mask LABEL=FILE → {label: bool mask}; each mask file must lie on the image's grid."""
     masks = {}
     for specification in specifications:
         label, separator, path = specification.partition("=")
         if not separator or not label.strip().isdigit():
             raise InputError(f"--mask {specification!r}: expected LABEL=FILE, e.g. --mask 2=spleen_seed.nii.gz")
-        mask = read_volume(path)
+        mask = read_volume(path, max_voxels)
         if mask.shape != volume.shape:
             raise InputError(f"--mask {specification!r}: shape {mask.shape} differs from the image's {volume.shape}")
         masks[int(label)] = mask.array > 0
@@ -146,7 +146,7 @@ def _mask_files(specifications: list[str]) -> list[Path]:
 def segment_file(run, path: Path, output: Path, args, bars: StageBars, destinations: Destinations) -> dict:
     """Segment one image file with `run` (pipeline.segment's signature without model and device), write its
     label map (and probability maps); returns its report entry."""
-    volume = read_volume(path)
+    volume = read_volume(path, args.max_voxels)
     challenge = volume.extras.get("format") == "npz" and not args.prompt
     if challenge:
         prompts, instance = _challenge_prompts(volume)
@@ -171,7 +171,7 @@ def segment_file(run, path: Path, output: Path, args, bars: StageBars, destinati
     start = time.perf_counter()
     try:
         result = run(image, spacing, prompts, direction=None if npz else volume.direction, modality=modality,
-                     masks=_masks(args.mask, volume), options=options, progress=bars)
+                     masks=_masks(args.mask, volume, args.max_voxels), options=options, progress=bars)
     finally:
         bars.close()
     seconds = time.perf_counter() - start
@@ -293,6 +293,8 @@ def register(subparsers) -> None:
     parser.add_argument("--keep-largest", action="store_true", help="keep only the largest component of each label")
     parser.add_argument("--probabilities", action="store_true", help="also write one probability map per class")
     parser.add_argument("--ct-window", metavar="PRESET", help="CT window preset for HU images (default soft tissue)")
+    parser.add_argument("--max-voxels", type=int, default=MAX_VOXELS, metavar="N",
+                        help=f"refuse larger images, from their header (default {MAX_VOXELS})")
     parser.add_argument("--window-batch", type=int, default=1, metavar="N", help="windows per forward (GPU)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_segment)
