@@ -192,6 +192,26 @@ def test_a_request_id_reused_for_another_request_is_a_conflict(server, engine):
     assert status == 409 and answer["code"] == "request_id_conflict" and job["job_id"] in answer["detail"]
 
 
+def test_a_stalled_job_request_is_dropped_after_the_body_timeout(server):
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        headers = {**AUTH, "Content-Type": "application/json", "Content-Length": "1000", "Host": parts.netloc}
+        sock.sendall(("POST /v1/jobs HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                      + "\r\n{").encode())
+        answer = answer_of(sock)
+    assert "408" in answer and "no request body bytes arrived for 3 s" in answer, answer[:300]
+
+
+def test_an_unknown_prompt_is_segmented_but_marked_out_of_vocabulary(server, engine):
+    """Once: "flux capacitor" came back like an organ; the README promised an error. Now its statistics say it is
+    free text and name the closest known structures."""
+    image = small_image(6)
+    result = engine.segment(image, [("liver", 1), ("flux capacitor", 2), ("pancraes", 3)],
+                            options={"stages": ["coarse"]})
+    marks = {label: (stats["in_vocabulary"], stats["suggestions"][:1]) for label, stats in result.stats.items()}
+    assert marks[1] == (True, []) and marks[2][0] is False and marks[3] == (False, ["pancreas"])
+
+
 def test_queued_jobs_keep_their_masks_compact(server, engine):
     """Once: each of 64 masks became a full-image array when checked, and queued jobs kept them all."""
     shape = (64, 256, 256)  # 4 Mi voxels: a full-image uint8 mask is 4 MB, 64 of them 256 MB per job
