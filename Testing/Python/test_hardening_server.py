@@ -20,7 +20,9 @@ import pytest
 from server_fixtures import (TOKEN, client, medals_home, raw_request, resident_bytes,  # noqa: F401
                              start_server, wait_until)
 
+from medals.errors import InputError
 from medals.pipeline import Prompt, segment
+from medals.server.engine import CompactMask
 from medals.weights import load_model
 from medals.weights.testing import make_tiny_model
 
@@ -283,3 +285,18 @@ def test_a_single_voxel_image_with_a_flipped_direction_is_segmented(tmp_path):
         result = segment(model, np.full(shape, 100, np.float32), (1.5, 1.5, 1.5), [Prompt("liver", 1)],
                          direction=flipped, modality="ct", device="cpu")
         assert result.labels.shape == shape
+
+
+def test_a_compact_mask_expands_to_the_painted_voxels_exactly():
+    shape = (9, 17, 23)
+    painted = np.zeros(shape, np.uint8)
+    painted[2:7, 3:11, 5:20] = np.random.default_rng(7).integers(0, 3, (5, 8, 15))
+    painted[2, 3, 5] = 200  # any nonzero value is inside
+    box = (1, 8, 2, 14, 4, 21)
+    region = painted[1:9, 2:15, 4:22]
+    compact = CompactMask.of(region, box[0::2], "mask")
+    assert np.array_equal(compact.expand(shape), (painted != 0).astype(np.uint8))
+    assert len(compact.bits) <= region.size // 8 + 1
+    assert np.array_equal(CompactMask(box, None).expand(shape)[1:9, 2:15, 4:22], np.ones(region.shape, np.uint8))
+    with pytest.raises(InputError, match="mask is empty"):
+        CompactMask.of(np.zeros((2, 2, 2), np.uint8), (0, 0, 0), "mask")
