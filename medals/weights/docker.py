@@ -132,7 +132,8 @@ def _scan_archive(archive: Path, staging_root: Path, log: Callable[[str], None])
         raise WeightsError(f"{archive}: manifest.json must describe exactly one image")
     order = manifest[0]["Layers"]
     if not isinstance(order, list) or not all(isinstance(name, str) for name in order):
-        raise WeightsError(f"{archive}: manifest.json's Layers must be a list of layer file names, found {order!r:.200}")
+        raise WeightsError(f"{archive}: manifest.json's Layers must be a list of layer file names, found "
+                           f"{order!r:.200}")
     return [image_path(name) for name in order], layers
 
 
