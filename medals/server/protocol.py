@@ -41,6 +41,8 @@ class Limits:
     """Voxel bytes of all cached images together."""
     max_waiting_jobs: int = 16
     max_finished_jobs: int = 32
+    body_timeout_seconds: float = 30.0
+    """Longest wait for the next bytes of a request body before it is refused (408) and its memory freed."""
 
 
 class Strict(BaseModel):
@@ -167,6 +169,10 @@ class ClassStats(BaseModel):
     voxels: int
     volume_ml: float
     mean_confidence: float | None = None
+    in_vocabulary: bool = Field(True, description="The prompt names a structure of the vocabulary; false: free text, "
+                                                  "segmented as the model reads it but unchecked")
+    suggestions: list[str] = Field(default_factory=list, description="The closest known names of a prompt out of "
+                                                                    "the vocabulary (\"did you mean\")")
 
 
 class ResultInfo(Strict):
