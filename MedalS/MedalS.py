@@ -28,8 +28,7 @@ from MedalSLib.errors import ModuleError  # noqa: E402
 from MedalSLib.jobs import Worker  # noqa: E402
 from MedalSLib.launcher import (ENGINE_REQUIREMENT, SlicerPythonSetup, engine_command,  # noqa: E402
                                 engine_importable)
-from MedalSLib.prompts import (completion_names, parse_prompts, replace_line, segments_by_prompt,  # noqa: E402
-                               structure_key)
+from MedalSLib.prompts import completion_names, parse_prompts, segments_by_prompt, structure_key  # noqa: E402
 from MedalSLib.results import new_segmentation  # noqa: E402
 from MedalSLib.session import EngineChoice, EngineOptions, SegmentationSession  # noqa: E402
 
@@ -41,6 +40,10 @@ NO_SEEDS = "(no seeds)"
 SETTINGS = "MedalS/"
 PROGRESS_DELAY_S = 0.3
 """Requests faster than this never flash a progress bar."""
+POLL_INTERVAL_MS = 100
+POLL_WAIT_S = 0.08
+"""How long each poll tick waits on the request. PythonQt runs without thread support, so Slicer's main thread
+holds the GIL while Qt idles: the request's worker thread runs mainly while a tick waits (which releases it)."""
 
 
 class MedalS(ScriptedLoadableModule):
@@ -103,7 +106,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedSegmentation = None
         self._seedTableKey = None
         self._completionBlock = None
-        self._insertingCompletion = False
+        self._showingPrompts = False
 
     # -- set-up and tear-down ----------------------------------------------------------------------------------
 
@@ -118,7 +121,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.session = SegmentationSession(slicer.mrmlScene)
         self.worker = Worker()
         self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(100)
+        self.pollTimer.setInterval(POLL_INTERVAL_MS)
         self.pollTimer.connect("timeout()", self.onPoll)
 
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self._segmentEditorNode())
@@ -154,24 +157,29 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
         self.removeObservers()
         self.pollTimer.stop()
         self.session.stop_local_engine()
         self.worker.close(timeout_s=1.0)
 
     def enter(self):
+        # As Slicer's Segment Editor module does (SegmentEditor.py enter/exit): the editor's keys (Ctrl+Z, Z, Y,
+        # effect numbers, Esc, Space) work in the views while this module is shown, and only then.
+        self.ui.segmentEditorWidget.installKeyboardShortcuts()
         self.initializeParameterNode()
         self.ui.segmentEditorWidget.setupViewObservations()
 
     def exit(self):
         # Leave no painting effect active in the views once the user works in another module.
         self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
         self.ui.segmentEditorWidget.removeViewObservations()
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
         self.session.forget_results()
+        self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
@@ -197,7 +205,10 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volume = node.inputVolume if node else None
         segmentation = node.outputSegmentation if node else None
         self.ui.segmentEditorWidget.setSegmentationNode(segmentation)
-        self.ui.segmentEditorWidget.setSourceVolumeNode(volume)
+        if segmentation is not None:  # the editor refuses a source volume, with an error, until it has one
+            self.ui.segmentEditorWidget.setSourceVolumeNode(volume)
+        if node is not None:
+            self._showPrompts(node.prompts)
         self._observeSegmentation(segmentation)
         self._updateSeedTable()
         self._updateButtons()
@@ -227,7 +238,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                     keep_largest=self._parameterNode.keepLargest,
                                     probabilities=self._parameterNode.probabilityMaps)
             prepared = prepare(self._parameterNode.inputVolume, segmentation, options)
-        except ModuleError as error:
+        except Exception as error:  # engine set-up runs here too: pip, PyTorch Utils, dialogs
             self._showError(action, error)
             return
 
@@ -253,7 +264,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self.session.undo()
             self.ui.statusLabel.text = "The last MedalS result was undone."
-        except ModuleError as error:
+        except Exception as error:
             self._showError("Undo", error)
         self._updateButtons()
 
@@ -271,7 +282,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPoll(self):
         request = self._request
-        if not request.finished.is_set():
+        if not request.finished.wait(POLL_WAIT_S):
             if time.monotonic() - self._requestStarted >= PROGRESS_DELAY_S:
                 self.ui.progressBar.visible = True
                 fraction = request.progress.fraction
@@ -289,7 +300,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             try:
                 onDone(request.result)
-            except ModuleError as error:
+            except Exception as error:
                 self._showError(request.description, error)
         self._updateEngineStatus()
         self._updateButtons()
@@ -330,8 +341,11 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- prompts: completion and the seed mapping table --------------------------------------------------------
 
     def onPromptsEdited(self):
-        if self._insertingCompletion:
+        if self._showingPrompts:
             return
+        text = self.ui.promptsTextEdit.toPlainText()
+        if self._parameterNode is not None and self._parameterNode.prompts != text:
+            self._parameterNode.prompts = text
         cursor = self.ui.promptsTextEdit.textCursor()
         prefix = cursor.block().text()[:cursor.positionInBlock()].strip()
         popup = self.completer.popup()
@@ -348,15 +362,30 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.completer.complete(rectangle)
 
     def onCompletionChosen(self, name):
-        self._insertingCompletion = True
+        """Replace the completed line by the chosen name, as one step of the box's own undo."""
+        edit = self.ui.promptsTextEdit
+        cursor = edit.textCursor()
+        block = cursor.document().findBlockByNumber(self._completionBlock)
+        cursor.setPosition(block.position())
+        cursor.movePosition(qt.QTextCursor.EndOfBlock, qt.QTextCursor.KeepAnchor)
+        cursor.insertText(name)
+        edit.setTextCursor(cursor)
+
+    def _showPrompts(self, text):
+        """Show the parameter node's prompts (a loaded scene, a script) in the box.
+
+        The box is not bound through the parameter node wrapper: it rewrites every bound widget on every change
+        (setPlainText for a QTextEdit), which would move the cursor, wipe the box's undo and hide the completion
+        popup at each keystroke. Text typed here is already the node's, so this writes only what differs.
+        """
+        edit = self.ui.promptsTextEdit
+        if edit.toPlainText() == text:
+            return
+        self._showingPrompts = True
         try:
-            edit = self.ui.promptsTextEdit
-            edit.setPlainText(replace_line(edit.toPlainText(), self._completionBlock, name))
-            cursor = edit.textCursor()
-            cursor.movePosition(qt.QTextCursor.End)
-            edit.setTextCursor(cursor)
+            edit.setPlainText(text)
         finally:
-            self._insertingCompletion = False
+            self._showingPrompts = False
 
     def _setVocabulary(self, vocabulary):
         self.completer.setModel(qt.QStringListModel(completion_names(vocabulary), self.completer))
@@ -397,7 +426,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._seedTableKey = state
         prompts, names, overrides = state
         overrides = {structure_key(prompt): name for prompt, name in overrides}
-        segmentation = self._parameterNode.outputSegmentation
+        segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
         byName = segments_by_prompt(segmentation, list(prompts)) if segmentation is not None else {}
         table = self.ui.seedMappingTable
         table.setRowCount(len(prompts))
@@ -466,7 +495,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _connectOnly(self, action):
         try:
             choice = self._engineChoice()
-        except ModuleError as error:
+        except Exception as error:  # engine set-up: pip and PyTorch Utils raise their own errors
             self._showError(action, error)
             return
         self._submit(lambda request: self.session.ensure_engine(choice, request), action, self._connected)
@@ -566,13 +595,18 @@ class MedalSTest(ScriptedLoadableModuleTest):
         self.test_segments_appear_named_after_the_prompts()
 
     def test_segments_appear_named_after_the_prompts(self):
-        choice = self._localEngine()
+        # Reload and Test calls runTest() directly, outside unittest: a missing engine is reported, not skipped.
+        choice, missing = self._localEngine()
+        if choice is None:
+            self.delayDisplay(f"MedalS self-test not run: {missing}")
+            return
         session = SegmentationSession(slicer.mrmlScene)
         try:
             try:
                 info = session.ensure_engine(choice)
             except ModuleError as error:
-                self.skipTest(f"the MedalS engine did not start: {error}")
+                self.delayDisplay(f"MedalS self-test not run: the MedalS engine did not start: {error}")
+                return
             self.delayDisplay(f"Engine ready: model {info.get('model')} on {info.get('device', {}).get('device')}")
             import SampleData
             volume = SampleData.downloadSample("MRHead")
@@ -587,11 +621,15 @@ class MedalSTest(ScriptedLoadableModuleTest):
             session.stop_local_engine()
 
     def _localEngine(self):
+        """(the engine to start, None) or (None, why there is none)."""
         if engine_importable():
-            python = _pythonSlicerExecutable()
+            try:
+                python = _pythonSlicerExecutable()
+            except ModuleError as error:
+                return None, str(error)
         else:
             python = slicer.util.settingsValue(SETTINGS + "PythonPath", "")
             if not python:
-                self.skipTest("the MedalS engine is not installed in Slicer's Python and no other Python "
+                return None, ("the MedalS engine is not installed in Slicer's Python and no other Python "
                               "environment is set in the module's Engine panel")
-        return EngineChoice(command=tuple(engine_command(python)), env=slicer.util.startupEnvironment())
+        return EngineChoice(command=tuple(engine_command(python)), env=slicer.util.startupEnvironment()), None

@@ -1,0 +1,235 @@
+"""MedalS.py's own panel, driven key by key as a user drives it (see slicer_widget_harness for what is real).
+
+Each test here reproduces one way Slicer's own code broke the panel: the parameter node rewriting the prompt box
+on every keystroke, leaving the module or closing the scene, engine set-up errors, the Segment Editor's source
+volume and keyboard shortcuts, Reload and Test without an engine, and the worker starved of the GIL.
+"""
+import logging
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import slicer
+from slicer_fixtures import add_volume, oblique_geometry
+from slicer_widget_harness import GilHoldingIdle, Slicer
+from PySide6.QtCore import Qt
+from PySide6.QtTest import QTest
+
+from MedalSLib.session import EngineChoice, SegmentationSession
+
+SHAPE = (20, 40, 40)
+PROMPTS = "liver\nleft kidney"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from medals.weights.testing import make_tiny_model
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tmp_path_factory):
+    """One real `medals serve` process for the tests that only need an engine to talk to."""
+    import os
+
+    from MedalSLib.launcher import engine_command
+    env = {**os.environ, "MEDALS_HOME": str(tmp_path_factory.mktemp("home"))}
+    owner = SegmentationSession(None)
+    owner.ensure_engine(EngineChoice(command=tuple(engine_command(sys.executable, device="cpu",
+                                                                  model=str(tiny_model))), env=env))
+    yield owner.local_engine
+    owner.stop_local_engine()
+
+
+@pytest.fixture
+def app(tmp_path):
+    session = Slicer(tmp_path / "settings")
+    yield session
+    session.close()
+
+
+def add_test_volume(scene, name="CT"):
+    voxels = (np.random.default_rng(0).random(SHAPE) * 200).astype(np.int16)
+    return add_volume(scene, oblique_geometry(shape=SHAPE, spacing=(3.0, 1.5, 1.5)), voxels, name=name)
+
+
+def open_module(app, volume=True):
+    """Slicer with a volume loaded, then the module opened (loaded on first use, then entered)."""
+    if volume:
+        add_test_volume(app.scene)
+    widget = app.load()
+    app.enter()
+    return widget
+
+
+def type_text(app, edit, text):
+    """Key by key, as a user types: letters through QTest, a new line as the Return key."""
+    edit.setFocus()
+    app.pump()
+    for index, line in enumerate(text.split("\n")):
+        if index:
+            QTest.keyClick(edit, Qt.Key_Return)
+        for character in line:
+            QTest.keyClick(edit, character)
+            app.pump()
+
+
+def connect_remote(app, widget, engine):
+    widget.ui.engineModeComboBox.currentIndex = 2
+    widget.ui.serverUrlLineEdit.text = engine.url
+    widget.ui.serverTokenLineEdit.text = engine.token
+    widget.ui.testConnectionButton.click()
+    app.wait_until(lambda: widget._request is None, timeout=60)
+    assert widget.session.info, widget.ui.statusLabel.text
+
+
+# -- 1: the prompt box ---------------------------------------------------------------------------------------------
+
+def test_widget_typing_keeps_the_prompt_text_and_its_undo(app):
+    widget = open_module(app)
+    edit = widget.ui.promptsTextEdit
+    type_text(app, edit, PROMPTS)
+    assert edit.toPlainText() == PROMPTS  # the wrapper's setPlainText put the cursor first: "revil"
+    assert widget._parameterNode.prompts == PROMPTS
+    assert widget.ui.segmentButton.enabled
+    QTest.keySequence(edit, "Ctrl+Z")
+    app.pump()
+    assert edit.toPlainText() != PROMPTS and PROMPTS.startswith(edit.toPlainText())  # the box's own undo
+    assert widget._parameterNode.prompts == edit.toPlainText()
+    assert not app.escaped.errors
+
+
+def test_widget_prompt_box_follows_the_parameter_node(app):
+    """Prompts saved with a scene, or set by a script, still show in the box."""
+    widget = open_module(app)
+    widget._parameterNode.prompts = "spleen"
+    app.pump()
+    assert widget.ui.promptsTextEdit.toPlainText() == "spleen"
+    app.close_scene()
+    assert widget.ui.promptsTextEdit.toPlainText() == ""
+
+
+def test_widget_completion_popup_stays_open_while_typing(app, engine):
+    widget = open_module(app)
+    connect_remote(app, widget, engine)
+    edit = widget.ui.promptsTextEdit
+    type_text(app, edit, "lef")
+    popup = widget.completer.popup()
+    assert popup.isVisible()  # hidden at once when the wrapper rewrote the box
+    assert "left kidney" in [popup.model().index(row, 0).data() for row in range(popup.model().rowCount())]
+    assert edit.toPlainText() == "lef"
+
+
+# -- 2: leaving the module, closing the scene ----------------------------------------------------------------------
+
+def test_widget_leaving_and_reentering_the_module(app):
+    widget = open_module(app)
+    type_text(app, widget.ui.promptsTextEdit, "liver")
+    app.exit()
+    assert widget._parameterNode is None
+    app.enter()
+    assert widget.ui.promptsTextEdit.toPlainText() == "liver"
+    assert widget._parameterNode.inputVolume is not None
+    assert not app.escaped.errors
+
+
+def test_widget_scene_close_forgets_the_results(app):
+    widget = open_module(app)
+    type_text(app, widget.ui.promptsTextEdit, "liver")
+    called = []
+    widget.session.forget_results = lambda: called.append(True)
+    app.close_scene()
+    assert called  # aborted by an AttributeError before it got there
+    assert widget._parameterNode is not None and widget._parameterNode.inputVolume is None
+    assert not app.escaped.errors
+
+
+# -- 5: engine set-up errors ---------------------------------------------------------------------------------------
+
+def test_widget_engine_setup_failure_shows_a_dialog_not_a_traceback(app, monkeypatch, caplog):
+    """PyTorch Utils' pip failing raises CalledProcessError (SlicerPyTorch PyTorchUtils.py): dialog and status."""
+    failing = types.ModuleType("PyTorchUtils", "Stand-in of the PyTorch extension whose pip install fails.")
+
+    class PyTorchUtilsLogic:
+        def torchInstalled(self):
+            return False
+
+        def installTorch(self, askConfirmation=False, **kwargs):
+            raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "pip", "install", "torch"])
+
+    failing.PyTorchUtilsLogic = PyTorchUtilsLogic
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", failing)
+    monkeypatch.setitem(sys.modules, "medals", None)  # Slicer's Python has no engine yet
+    widget = open_module(app)
+    widget.ui.engineModeComboBox.currentIndex = 0
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda *args, **kwargs: True)  # the user agrees
+    with caplog.at_level(logging.ERROR):
+        widget.ui.startEngineButton.click()
+        app.pump()
+    assert not app.escaped.errors
+    assert widget.ui.statusLabel.text.startswith("Start engine failed:")
+    assert "CalledProcessError" in widget.ui.statusLabel.text or "torch" in widget.ui.statusLabel.text
+    assert any(record.getMessage().startswith("Start engine failed:") for record in caplog.records)  # errorDisplay
+    assert widget.ui.startEngineButton.enabled
+
+
+def test_widget_failing_local_engine_start(app, tmp_path, caplog):
+    """A Python without the engine: the start fails on the worker, with the interpreter's words, as a dialog."""
+    widget = open_module(app)
+    widget.ui.engineModeComboBox.currentIndex = 1
+    widget.ui.pythonPathLineEdit.currentPath = str(tmp_path / "no-such-python")
+    with caplog.at_level(logging.ERROR):
+        widget.ui.startEngineButton.click()
+        app.wait_until(lambda: widget._request is None, timeout=30)
+    assert widget.ui.statusLabel.text.startswith("Start engine failed:")
+    assert "no-such-python" in widget.ui.statusLabel.text
+    assert any("Start engine failed" in record.getMessage() for record in caplog.records)
+    assert widget.ui.engineStatusLabel.text == "Not connected."
+    assert not app.escaped.errors
+
+
+# -- 7, 8: the embedded Segment Editor -----------------------------------------------------------------------------
+
+def test_widget_no_source_volume_before_a_segmentation(app):
+    """vtkSlicerSegmentEditorLogic.cxx SetSourceVolumeNode: an error per call while no segmentation is set."""
+    widget = open_module(app)
+    type_text(app, widget.ui.promptsTextEdit, "liver")
+    assert widget._parameterNode.outputSegmentation is None
+    assert not [m for m in app.vtkErrors.messages if "SetSourceVolumeNode" in m]
+    segmentation = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Seeds")
+    widget._parameterNode.outputSegmentation = segmentation
+    app.pump()
+    assert widget.ui.segmentEditorWidget.sourceVolumeNode() is widget._parameterNode.inputVolume
+    assert not app.vtkErrors.messages
+
+
+def test_widget_segment_editor_shortcuts_follow_the_module(app):
+    """SegmentEditor.py installs the editor's shortcuts in enter() and removes them in exit()."""
+    widget = open_module(app)
+    editor = widget.ui.segmentEditorWidget
+    assert editor.shortcuts and all(s.parent() is app.mainWindow for s in editor.shortcuts)
+    segmentation = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Seeds")
+    segmentation.CreateDefaultDisplayNodes()
+    widget._parameterNode.outputSegmentation = segmentation
+    app.pump()
+    editor.saveStateForUndo()
+    segmentation.GetSegmentation().AddEmptySegment("liver")
+    widget.ui.segmentButton.setFocus()
+    QTest.keySequence(app.mainWindow, "Ctrl+Z")
+    app.pump()
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 0  # the editor's undo, by Ctrl+Z
+    app.exit()
+    assert not editor.shortcuts
+
+
+# -- 9: Reload and Test --------------------------------------------------------------------------------------------
+
+def test_widget_reload_and_test_without_an_engine_reports_and_returns(app, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "medals", None)  # Slicer's Python has no engine, and none is configured
+    open_module(app)
+    with caplog.at_level(logging.INFO):
+        assert app.reload_and_test() is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # tryWithErrorDisplay's dialog
+    assert any("not installed" in r.getMessage() or "engine" in r.getMessage() for r in caplog.records)
