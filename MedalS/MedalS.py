@@ -63,6 +63,31 @@ class MedalS(ScriptedLoadableModule):
             "when you use the model's results.")
 
 
+class CompletionKeys(qt.QObject):
+    """Return, Enter and Tab in the open completion popup take the highlighted name.
+
+    QCompleter offers every key to its widget first, and a QTextEdit takes these (a new line, a tab): without
+    this filter the popup could only be used with the mouse. Installed on the popup after QCompleter's own
+    filter, so it sees the keys first.
+    """
+
+    KEYS = (qt.Qt.Key_Return, qt.Qt.Key_Enter, qt.Qt.Key_Tab)
+
+    def __init__(self, choose):
+        qt.QObject.__init__(self)
+        self.choose = choose
+
+    def eventFilter(self, popup, event):
+        if event.type() != qt.QEvent.KeyPress or event.key() not in self.KEYS or event.modifiers() != qt.Qt.NoModifier:
+            return False
+        index = popup.currentIndex()
+        if not index.isValid():
+            return False
+        popup.hide()
+        self.choose(index.data())
+        return True
+
+
 @parameterNodeWrapper
 class MedalSParameterNode:
     """The panel's state, saved with the scene (engine settings are per computer and live in the settings).
@@ -129,6 +154,8 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.completer.setWidget(self.ui.promptsTextEdit)
         self.completer.setCaseSensitivity(qt.Qt.CaseInsensitive)
         self.completer.connect("activated(QString)", self.onCompletionChosen)
+        self.completionKeys = CompletionKeys(self.onCompletionChosen)
+        self.completer.popup().installEventFilter(self.completionKeys)
         self.ui.promptsTextEdit.connect("textChanged()", self.onPromptsEdited)
         for keys in ("Ctrl+Return", "Ctrl+Enter"):
             shortcut = qt.QShortcut(qt.QKeySequence(keys), self.ui.promptsTextEdit)

@@ -923,18 +923,18 @@ class Slicer:
 
 
 class GilHoldingIdle:
-    """Slicer's idle event loop as PythonQt leaves it: Qt waits for events with the GIL held.
+    """Slicer's idle event loop as PythonQt leaves it: Qt waits for its next event with the GIL held.
 
     PythonQt's thread support is off in Slicer (no `setEnableThreadSupport` in Slicer or CTK), so the main thread
-    keeps the GIL outside Python code, also while Qt waits for the next event. Modelled by waiting in a C call made
-    through ctypes.PyDLL, which keeps the GIL: a Python worker thread then runs only while the main thread runs
-    Python code or releases the GIL itself (e.g. waiting on an event).
+    keeps the GIL outside Python code, also while Qt sleeps until its next timer. Modelled by sleeping until
+    `next_timer_s()` (default: 100 ms) in a C call made through ctypes.PyDLL, which keeps the GIL: a Python
+    worker thread then runs only while the main thread runs Python code or releases the GIL itself.
     """
 
-    def __init__(self, slice_s: float = 0.01):
+    def __init__(self, next_timer_s=lambda: 0.1):
         self._usleep = ctypes.PyDLL(None).usleep
         self._usleep.argtypes = [ctypes.c_uint]
-        self._microseconds = int(slice_s * 1e6)
+        self._next_timer_s = next_timer_s
 
     def __call__(self):
-        self._usleep(self._microseconds)
+        self._usleep(int(1e6 * min(max(self._next_timer_s(), 0.001), 0.1)))

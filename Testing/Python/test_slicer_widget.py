@@ -7,6 +7,7 @@ volume and keyboard shortcuts, Reload and Test without an engine, and the worker
 import logging
 import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -17,6 +18,10 @@ from slicer_widget_harness import GilHoldingIdle, Slicer
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
+from MedalSLib.client import ImageRef
+from MedalSLib.prompts import painted_masks, segments_by_prompt
+from MedalSLib.results import find_segment
+from MedalSLib.scene import oriented_image, volume_geometry
 from MedalSLib.session import EngineChoice, SegmentationSession
 
 SHAPE = (20, 40, 40)
@@ -233,3 +238,153 @@ def test_widget_reload_and_test_without_an_engine_reports_and_returns(app, monke
         assert app.reload_and_test() is None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # tryWithErrorDisplay's dialog
     assert any("not installed" in r.getMessage() or "engine" in r.getMessage() for r in caplog.records)
+
+
+# -- 10: the worker and the GIL ------------------------------------------------------------------------------------
+
+def worker_rate(app, widget, call, idle, seconds=1.5):
+    """Calls per second that a request on the widget's worker makes while the panel polls it and Qt idles."""
+    count = [0]
+
+    def work(request):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            call()
+            count[0] += 1
+
+    widget._submit(work, "Measure", lambda result: None)
+    app.wait_until(lambda: widget._request is None, idle=idle)
+    return count[0] / seconds
+
+
+def test_widget_poll_tick_gives_the_worker_the_interpreter(app, engine, monkeypatch):
+    """Engine polls and uploads per second from the worker while Slicer idles holding the GIL, with the old tick
+    (returns at once) and the new one (waits on the request): measured in one run, reported as ratios."""
+    widget = open_module(app, volume=False)
+    connect_remote(app, widget, engine)
+    image = ImageRef.of((np.random.default_rng(0).random((32, 96, 96)) * 200).astype(np.int16), (3.0, 1.5, 1.5))
+    calls = {"polls": widget.session.client.health, "uploads": lambda: widget.session.client.upload(image)}
+    gil_held = GilHoldingIdle(lambda: widget.pollTimer.remainingTime / 1000)
+    rates = {}
+    for name, call in calls.items():
+        rates[name, "GIL free"] = worker_rate(app, widget, call, idle=None)
+        for tick, wait_s in (("old tick", 0.0), ("new tick", app.python.POLL_WAIT_S)):
+            monkeypatch.setattr(app.python, "POLL_WAIT_S", wait_s)
+            rates[name, tick] = worker_rate(app, widget, call, idle=gil_held)
+    for name in calls:
+        print(f"{name}/s while Qt idles holding the GIL: old tick {rates[name, 'old tick']:.1f}, new tick "
+              f"{rates[name, 'new tick']:.1f} ({rates[name, 'new tick'] / rates[name, 'old tick']:.1f}x); GIL free "
+              f"{rates[name, 'GIL free']:.1f}")
+    assert rates["polls", "new tick"] > 3 * rates["polls", "old tick"]
+    assert rates["uploads", "new tick"] > 2 * rates["uploads", "old tick"]
+
+
+# -- the whole workflow --------------------------------------------------------------------------------------------
+
+WORKFLOW_SHAPE = (40, 96, 96)
+
+
+def segment_names(segmentation):
+    return [segmentation.GetSegmentation().GetNthSegment(i).GetName()
+            for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
+
+
+def liver_mask(segmentation, volume):
+    return painted_masks(segmentation, segments_by_prompt(segmentation, ["liver"]), volume).get(
+        "liver", np.zeros(WORKFLOW_SHAPE, np.uint8))
+
+
+def run_button(app, widget, press, timeout=120):
+    press()
+    app.pump()
+    app.wait_until(lambda: widget._request is None, timeout=timeout)
+
+
+def test_widget_user_workflow(app, tiny_model, tmp_path, monkeypatch):
+    """Load a volume, start the local engine, type prompts and take a completion, Ctrl+Enter, paint, Refine,
+    Undo, Cancel mid-job, leave and re-enter the module, close the scene: as a user, with a real engine."""
+    monkeypatch.setenv("MEDALS_HOME", str(tmp_path / "home"))
+    voxels = (np.random.default_rng(1).random(WORKFLOW_SHAPE) * 200).astype(np.int16)
+    volume = add_volume(app.scene, oblique_geometry(shape=WORKFLOW_SHAPE, spacing=(3.0, 1.5, 1.5)), voxels)
+    widget = app.load()
+    app.enter()
+    ui = widget.ui
+    assert ui.inputVolumeSelector.currentNode() is volume
+
+    # The engine: another Python environment (this one), the tiny model, on the CPU.
+    ui.engineModeComboBox.currentIndex = 1
+    ui.pythonPathLineEdit.currentPath = sys.executable
+    ui.modelLineEdit.text = str(tiny_model)
+    ui.deviceComboBox.currentText = "cpu"
+    run_button(app, widget, ui.startEngineButton.click)
+    assert ui.statusLabel.text.startswith("Connected to the engine"), ui.statusLabel.text
+    assert "Connected to local engine" in ui.engineStatusLabel.text
+
+    # Prompts, key by key, with a completion taken from the popup.
+    edit = ui.promptsTextEdit
+    type_text(app, edit, "liver\nlef")
+    popup = widget.completer.popup()
+    assert popup.isVisible()
+    for _ in range(popup.model().rowCount()):
+        QTest.keyClick(popup, Qt.Key_Down)
+        if popup.currentIndex().data() == "left kidney":
+            break
+    QTest.keyClick(popup, Qt.Key_Return)
+    app.pump()
+    assert edit.toPlainText() == "liver\nleft kidney"
+    QTest.keySequence(edit, "Ctrl+Z")  # the completion is one step of the box's undo
+    assert edit.toPlainText() == "liver\nlef"
+    QTest.keySequence(edit, "Ctrl+Shift+Z")
+    assert edit.toPlainText() == "liver\nleft kidney" == widget._parameterNode.prompts
+
+    # Ctrl+Enter segments.
+    run_button(app, widget, lambda: QTest.keySequence(edit, "Ctrl+Return"))
+    assert ui.statusLabel.text.startswith("Segment done"), ui.statusLabel.text
+    segmentation = widget._parameterNode.outputSegmentation
+    assert segment_names(segmentation) == ["liver", "left kidney"]
+    assert ui.segmentEditorWidget.sourceVolumeNode() is volume and ui.seedMappingTable.rowCount == 2
+
+    # Paint into "liver" as the Segment Editor does (undo state first, then the labelmap), then Refine.
+    ui.segmentEditorWidget.saveStateForUndo()
+    segmented = liver_mask(segmentation, volume)
+    painted = segmented.copy()
+    painted[20, 40:56, 40:56] = 1
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        oriented_image(volume_geometry(volume), painted), segmentation, find_segment(segmentation, "liver"),
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    app.pump()
+    assert ui.refineButton.enabled
+    run_button(app, widget, ui.refineButton.click)
+    assert ui.statusLabel.text.startswith("Refine done"), ui.statusLabel.text
+
+    # Undo the refinement: the user's painted segment comes back.
+    assert ui.undoButton.enabled
+    ui.undoButton.click()
+    app.pump()
+    assert np.array_equal(liver_mask(segmentation, volume), painted)
+
+    # Cancel a job once the engine is working on it: nothing is written.
+    ui.stagesComboBox.currentIndex = 0
+    ui.segmentButton.click()
+    app.wait_until(lambda: "stage" in ui.statusLabel.text or widget._request is None, timeout=60)
+    assert widget._request is not None, "the job finished before it could be cancelled"
+    ui.cancelButton.click()
+    app.wait_until(lambda: widget._request is None, timeout=60)
+    assert ui.statusLabel.text == "Segment cancelled; nothing was written."
+    assert np.array_equal(liver_mask(segmentation, volume), painted)
+
+    # Leave the module and come back: the panel is as it was.
+    app.exit()
+    assert not ui.segmentEditorWidget.shortcuts
+    app.enter()
+    assert edit.toPlainText() == "liver\nleft kidney"
+    assert widget._parameterNode.outputSegmentation is segmentation and ui.undoButton.enabled
+
+    # Close the scene: the results and their undo are gone with it.
+    app.close_scene()
+    assert not widget.session.can_undo and not ui.undoButton.enabled
+    assert edit.toPlainText() == ""
+    engine = widget.session.local_engine
+    app.unload()
+    assert not engine.running
+    assert not app.escaped.errors
