@@ -25,9 +25,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "Logic"))
 
 from MedalSLib.client import JobCancelled  # noqa: E402
 from MedalSLib.errors import ModuleError  # noqa: E402
-from MedalSLib.jobs import Worker  # noqa: E402
+from MedalSLib.jobs import Progress, Worker  # noqa: E402
 from MedalSLib.launcher import (ENGINE_REQUIREMENT, SlicerPythonSetup, engine_command,  # noqa: E402
                                 engine_importable)
+from MedalSLib.models import OFFICIAL_NAME, import_weights, list_models  # noqa: E402
 from MedalSLib.prompts import completion_names, parse_prompts, segments_by_prompt, structure_key  # noqa: E402
 from MedalSLib.results import new_segmentation  # noqa: E402
 from MedalSLib.session import EngineChoice, EngineOptions, SegmentationSession  # noqa: E402
@@ -132,6 +133,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._seedTableKey = None
         self._completionBlock = None
         self._showingPrompts = False
+        self._models = []
 
     # -- set-up and tear-down ----------------------------------------------------------------------------------
 
@@ -169,6 +171,16 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.startEngineButton.connect("clicked(bool)", self.onStartEngine)
         self.ui.stopEngineButton.connect("clicked(bool)", self.onStopEngine)
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.onRefreshModels)
+        self.ui.modelComboBox.connect("activated(int)", self.onModelChosen)
+        importMenu = qt.QMenu(self.ui.importWeightsButton)
+        self.importArchiveAction = qt.QAction("Docker image archive (teamx_alldata.tar.gz)…", importMenu)
+        self.importFolderAction = qt.QAction("Checkpoint folder…", importMenu)
+        self.importArchiveAction.connect("triggered()", self.onImportArchive)
+        self.importFolderAction.connect("triggered()", self.onImportFolder)
+        importMenu.addAction(self.importArchiveAction)
+        importMenu.addAction(self.importFolderAction)
+        self.ui.importWeightsButton.setMenu(importMenu)
         self._loadEngineSettings()
         self.ui.engineModeComboBox.connect("currentIndexChanged(int)", self.onEngineSettingsChanged)
         for lineEdit in (self.ui.serverUrlLineEdit, self.ui.modelLineEdit, self.ui.enginePackageLineEdit):
@@ -336,7 +348,8 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.enabled = busy
         if not busy:
             self.ui.progressBar.visible = False  # shown by onPoll once a request outlasts PROGRESS_DELAY_S
-        for button in (self.ui.startEngineButton, self.ui.stopEngineButton, self.ui.testConnectionButton):
+        for button in (self.ui.startEngineButton, self.ui.stopEngineButton, self.ui.testConnectionButton,
+                       self.ui.refreshModelsButton, self.ui.importWeightsButton):
             button.enabled = not busy
         self._updateButtons()
 
@@ -537,6 +550,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateEngineStatus(self):
         info = self.session.info
+        self._showRemoteModel()
         if not info:
             self.ui.engineStatusLabel.text = "Not connected."
             return
@@ -583,6 +597,110 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.visible = mode != "remote"
         for widget in (self.ui.enginePackageLabel, self.ui.enginePackageLineEdit):
             widget.visible = mode == "slicer"
+        for widget in (self.ui.modelsLabel, self.ui.modelComboBox, self.ui.refreshModelsButton,
+                       self.ui.importWeightsButton):
+            widget.visible = mode != "remote"
+        self._showRemoteModel()
+
+    # -- models ------------------------------------------------------------------------------------------------
+
+    def _enginePython(self):
+        """The Python that runs the local engine (and its `medals weights` commands)."""
+        if self._engineMode() == "python":
+            python = self.ui.pythonPathLineEdit.currentPath
+            if not python:
+                raise ModuleError("choose the Python environment that has the MedalS engine (Engine section)")
+            return python
+        if not engine_importable():
+            raise ModuleError("the engine is not installed in Slicer's Python yet: press Start engine to install it")
+        return _pythonSlicerExecutable()
+
+    def onRefreshModels(self):
+        if self._request is not None or self._engineMode() == "remote":
+            return
+        try:
+            python = self._enginePython()
+        except Exception as error:
+            self._showError("List models", error)
+            return
+        environment = slicer.util.startupEnvironment()
+        self._submit(lambda request: list_models(python, environment), "List models", self._showModels)
+
+    def _showModels(self, models):
+        self._models = models
+        combo = self.ui.modelComboBox
+        combo.clear()
+        for index, model in enumerate(models):
+            combo.addItem(model.name)
+            combo.setItemData(index, model.label, qt.Qt.ToolTipRole)
+        served = self.ui.modelLineEdit.text.strip()
+        names = [model.name for model in models]
+        combo.currentIndex = names.index(served) if served in names else -1
+        if not models:
+            self.ui.modelsStatusLabel.text = "The engine has no model: import the official weights."
+            return
+        listing = "; ".join(model.label for model in models)
+        serving = (f"the local engine serves '{served}'." if served else
+                   "no model is chosen: the engine serves its only installed model.")
+        self.ui.modelsStatusLabel.text = f"{len(models)} model{'s' if len(models) > 1 else ''}: {listing}. Now {serving}"
+
+    def onModelChosen(self, index):
+        model = self._models[index]
+        self.ui.modelLineEdit.text = model.name
+        self.onEngineSettingsChanged()
+        self.ui.modelsStatusLabel.text = (f"The local engine serves '{model.name}' ({model.label}) from the next "
+                                          "request on; a running engine restarts to load it.")
+
+    def onImportArchive(self):
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), "The authors' Medal S Docker image archive", "",
+            "Docker image archives (*.tar.gz *.tgz *.tar);;All files (*)")
+        if path:
+            self._importWeights(path)
+
+    def onImportFolder(self):
+        path = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "The official Medal S checkpoint folder")
+        if path:
+            self._importWeights(path)
+
+    def _importWeights(self, source):
+        """`medals weights import SOURCE` in the engine's Python, on the worker, as the model 'official'."""
+        if self._request is not None:
+            return
+        try:
+            python = self._enginePython()
+        except Exception as error:
+            self._showError("Import weights", error)
+            return
+        replace = any(model.name == OFFICIAL_NAME and not model.bundled for model in self._models)
+        if replace and not slicer.util.confirmOkCancelDisplay(
+                f"A model named '{OFFICIAL_NAME}' is installed. Replace it with the weights from {source}?"):
+            return
+        environment = slicer.util.startupEnvironment()
+
+        def work(request):
+            return import_weights(python, source, OFFICIAL_NAME, replace, env=environment,
+                                  report=lambda line: request.report(Progress(f"Importing weights: {line}")),
+                                  cancel=request.cancel_requested)
+
+        self._submit(work, "Import weights", self._imported)
+
+    def _imported(self, summary):
+        self.ui.modelLineEdit.text = OFFICIAL_NAME
+        self.onEngineSettingsChanged()
+        self.ui.statusLabel.text = f"Official weights imported as '{OFFICIAL_NAME}'; the local engine serves them."
+        self.ui.modelsStatusLabel.text = summary
+        self.onRefreshModels()
+
+    def _showRemoteModel(self):
+        """A remote engine's models live on its server: show the one it serves, and where imports happen."""
+        if self._engineMode() != "remote":
+            return
+        model = self.session.info.get("model") if self.session.info else None
+        serving = f"The server serves the model '{model}'. " if model else "Not connected to the server yet. "
+        self.ui.modelsStatusLabel.text = (serving + "Official weights are imported on the server: run `medals "
+                                          "weights import SOURCE` there, then serve the model with `medals serve "
+                                          "--model official`.")
 
     def _segmentEditorNode(self):
         """A segment editor node of this module's own, so the Segment Editor module's state is left alone."""

@@ -126,9 +126,9 @@ def pythonqt_class(base: type, name: str | None = None, namespace: dict | None =
 QT_CLASSES = ("QWidget", "QFrame", "QLabel", "QPushButton", "QToolButton", "QCheckBox", "QComboBox", "QLineEdit",
               "QTextEdit", "QPlainTextEdit", "QSpinBox", "QDoubleSpinBox", "QProgressBar", "QTableWidget",
               "QListWidget", "QGroupBox", "QMainWindow", "QDialog", "QMessageBox", "QFileDialog", "QScrollArea",
-              "QSplitter", "QTabWidget", "QRadioButton", "QAbstractItemView")
+              "QSplitter", "QTabWidget", "QRadioButton", "QAbstractItemView", "QMenu")
 QT_CORE_CLASSES = ("QTimer", "QSettings", "QStringListModel", "QProcess")
-QT_GUI_CLASSES = ("QShortcut",)
+QT_GUI_CLASSES = ("QShortcut", "QAction")
 QT_WIDGET_CLASSES_ALSO = ("QCompleter",)
 
 
@@ -146,6 +146,8 @@ def build_qt_module() -> types.ModuleType:
     for name in QT_GUI_CLASSES:
         setattr(qt, name, pythonqt_class(getattr(QtGui, name)))
     qt.QUiLoader = SlicerUiLoader
+    # PythonQt returns only the chosen path (PySide: the path and the filter); tests choose by replacing these.
+    qt.QFileDialog.getOpenFileName = staticmethod(lambda *args: QtWidgets.QFileDialog.getOpenFileName(*args)[0])
     return qt
 
 

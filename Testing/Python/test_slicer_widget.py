@@ -388,3 +388,61 @@ def test_widget_user_workflow(app, tiny_model, tmp_path, monkeypatch):
     app.unload()
     assert not engine.running
     assert not app.escaped.errors
+
+
+# -- the Models section --------------------------------------------------------------------------------------------
+
+def test_widget_models_lists_the_engines_models_and_chooses_one(app, tmp_path, monkeypatch):
+    from medals.weights.testing import make_tiny_model
+    home = tmp_path / "home"
+    make_tiny_model(home / "models" / "tiny")
+    monkeypatch.setenv("MEDALS_HOME", str(home))
+    widget = open_module(app, volume=False)
+    ui = widget.ui
+    ui.engineModeComboBox.currentIndex = 1
+    ui.pythonPathLineEdit.currentPath = sys.executable
+    run_button(app, widget, ui.refreshModelsButton.click)
+    combo = ui.modelComboBox
+    assert [combo.itemText(i) for i in range(combo.count)] == ["medals-demo", "tiny"]
+    assert "bundled demo" in ui.modelsStatusLabel.text and "tiny" in ui.modelsStatusLabel.text
+    combo.setFocus()
+    QTest.keyClick(combo, Qt.Key_Down)  # the user picks the next entry
+    app.pump()
+    assert ui.modelLineEdit.text == combo.currentText
+    assert slicer.util.settingsValue("MedalS/Model", "") == combo.currentText
+    assert "from the next request" in ui.modelsStatusLabel.text
+
+
+@pytest.mark.slow  # about 30 s: the engine reads every checkpoint of the release before it refuses it
+def test_widget_models_import_runs_in_the_engine_and_reports(app, tmp_path, monkeypatch, parity, parity_weights,
+                                                            caplog):
+    """The authors' archive, in miniature (narrower than the official network, so the engine refuses it after
+    reading it): the import runs off the GUI thread with progress, and its failure is a dialog and a status."""
+    from weights_fixtures import folder_files, write_docker_archive, write_official_folder
+    release = write_official_folder(tmp_path / "release", parity, parity_weights("text_encoder_keys.json", 0))
+    archive = write_docker_archive(tmp_path / "teamx_alldata.tar.gz",
+                                   [folder_files(release, "workspace/checkpoints")])
+    monkeypatch.setenv("MEDALS_HOME", str(tmp_path / "home"))
+    widget = open_module(app, volume=False)
+    ui = widget.ui
+    ui.engineModeComboBox.currentIndex = 1
+    ui.pythonPathLineEdit.currentPath = sys.executable
+    monkeypatch.setattr(sys.modules["qt"].QFileDialog, "getOpenFileName", lambda *args: str(archive))  # the pick
+    progress = set()
+    with caplog.at_level(logging.ERROR):
+        widget.importArchiveAction.trigger()
+        assert widget._request is not None and not ui.importWeightsButton.enabled  # on the worker
+        app.wait_until(lambda: progress.add(ui.statusLabel.text) or widget._request is None, timeout=300)
+    assert any(text.startswith("Importing weights: ") for text in progress)  # the engine's own log lines
+    assert ui.statusLabel.text.startswith("Import weights failed: importing teamx_alldata.tar.gz failed:")
+    assert any(r.getMessage().startswith("Import weights failed") for r in caplog.records)
+    assert not (tmp_path / "home" / "models" / "official").exists()
+    assert not app.escaped.errors
+
+
+def test_widget_models_remote_engine_shows_its_model(app, engine):
+    widget = open_module(app, volume=False)
+    connect_remote(app, widget, engine)
+    assert not widget.ui.importWeightsButton.visible
+    assert "The server serves the model 'tiny'" in widget.ui.modelsStatusLabel.text
+    assert "imported on the server" in widget.ui.modelsStatusLabel.text
