@@ -154,7 +154,16 @@ def build_qt_module() -> types.ModuleType:
 # -- CTK -----------------------------------------------------------------------------------------------------------
 
 class ctkCollapsibleButton(PythonQtStyle, QtWidgets.QGroupBox):
-    """CTK Libs/Widgets/ctkCollapsibleButton: a titled box that can fold (its `text` is the title)."""
+    """CTK Libs/Widgets/ctkCollapsibleButton.cpp: a titled box (`text`) whose children `collapsed` hides.
+
+    As there, each child keeps the visibility its owner gave it ("visibilityToParent"): a child shown while the
+    box is collapsed stays hidden until the box opens, and one hidden stays hidden when it opens.
+    """
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._isCollapsed = False
+        self._forcingVisibility = False
 
     def _text(self):
         return self.title()
@@ -163,13 +172,34 @@ class ctkCollapsibleButton(PythonQtStyle, QtWidgets.QGroupBox):
         self.setTitle(text)
 
     def _collapsed(self):
-        return getattr(self, "_isCollapsed", False)
+        return self._isCollapsed
 
     def _setCollapsed(self, collapsed):
         self._isCollapsed = bool(collapsed)
+        for child in self.findChildren(QtWidgets.QWidget, options=QtCore.Qt.FindDirectChildrenOnly):
+            self._showChild(child)
 
     text = Property(str, _text, _setText)
     collapsed = Property(bool, _collapsed, _setCollapsed)
+
+    def _showChild(self, child):
+        self._forcingVisibility = True
+        try:
+            child.setVisible(child.property("visibilityToParent") is not False and not self._isCollapsed)
+        finally:
+            self._forcingVisibility = False
+
+    def childEvent(self, event):
+        if event.added() and event.child().isWidgetType():
+            event.child().installEventFilter(self)
+        super().childEvent(event)
+
+    def eventFilter(self, child, event):
+        if not self._forcingVisibility and event.type() in (QtCore.QEvent.ShowToParent, QtCore.QEvent.HideToParent):
+            child.setProperty("visibilityToParent", event.type() == QtCore.QEvent.ShowToParent)
+            if self._isCollapsed:
+                self._showChild(child)
+        return False
 
 
 class ctkPathLineEdit(PythonQtStyle, QtWidgets.QWidget):

@@ -401,6 +401,7 @@ def test_widget_models_lists_the_engines_models_and_chooses_one(app, tmp_path, m
     ui = widget.ui
     ui.engineModeComboBox.currentIndex = 1
     ui.pythonPathLineEdit.currentPath = sys.executable
+    ui.modelsCollapsibleButton.collapsed = False
     run_button(app, widget, ui.refreshModelsButton.click)
     combo = ui.modelComboBox
     assert [combo.itemText(i) for i in range(combo.count)] == ["medals-demo", "tiny"]
@@ -442,7 +443,13 @@ def test_widget_models_import_runs_in_the_engine_and_reports(app, tmp_path, monk
 
 def test_widget_models_remote_engine_shows_its_model(app, engine):
     widget = open_module(app, volume=False)
+    ui = widget.ui
+    assert not ui.importWeightsButton.visible  # the section starts collapsed
+    ui.modelsCollapsibleButton.collapsed = False
+    assert ui.importWeightsButton.visible and ui.refreshModelsButton.visible
     connect_remote(app, widget, engine)
-    assert not widget.ui.importWeightsButton.visible
-    assert "The server serves the model 'tiny'" in widget.ui.modelsStatusLabel.text
-    assert "imported on the server" in widget.ui.modelsStatusLabel.text
+    assert not ui.importWeightsButton.visible and not ui.refreshModelsButton.visible and ui.modelsStatusLabel.visible
+    assert "The server serves the model 'tiny'" in ui.modelsStatusLabel.text
+    assert "imported on the server" in ui.modelsStatusLabel.text
+    ui.engineModeComboBox.currentIndex = 1
+    assert ui.importWeightsButton.visible
