@@ -79,7 +79,8 @@ class CompletionKeys(qt.QObject):
         self.choose = choose
 
     def eventFilter(self, popup, event):
-        if event.type() != qt.QEvent.KeyPress or event.key() not in self.KEYS or event.modifiers() != qt.Qt.NoModifier:
+        if (event.type() != qt.QEvent.KeyPress or event.key() not in self.KEYS
+                or event.modifiers() & qt.Qt.ControlModifier):
             return False
         index = popup.currentIndex()
         if not index.isValid():
@@ -203,8 +204,9 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.worker.close(timeout_s=1.0)
 
     def enter(self):
-        # As Slicer's Segment Editor module does (SegmentEditor.py enter/exit): the editor's keys (Ctrl+Z, Z, Y,
-        # effect numbers, Esc, Space) work in the views while this module is shown, and only then.
+        # As Slicer's Segment Editor module does (SegmentEditor.py enter/exit; qMRMLSegmentEditorWidget.h in 5.10
+        # and main): the editor's keys (Ctrl+Z, Z, Y, effect numbers, Esc, Space) work in the views while this
+        # module is shown, and only then.
         self.ui.segmentEditorWidget.installKeyboardShortcuts()
         self.initializeParameterNode()
         self.ui.segmentEditorWidget.setupViewObservations()
@@ -244,7 +246,9 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volume = node.inputVolume if node else None
         segmentation = node.outputSegmentation if node else None
         self.ui.segmentEditorWidget.setSegmentationNode(segmentation)
-        if segmentation is not None:  # the editor refuses a source volume, with an error, until it has one
+        # vtkSlicerSegmentEditorLogic.cxx SetSourceVolumeNode (5.10, main) refuses a source volume, with an error,
+        # until the editor has a segmentation.
+        if segmentation is not None:
             self.ui.segmentEditorWidget.setSourceVolumeNode(volume)
         if node is not None:
             self._showPrompts(node.prompts)
@@ -545,7 +549,10 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
     def onStopEngine(self):
-        self.session.stop_local_engine()
+        try:
+            self.session.stop_local_engine()
+        except Exception as error:
+            self._showError("Stop engine", error)
         self._updateEngineStatus()
 
     def _updateEngineStatus(self):
@@ -642,7 +649,8 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         listing = "; ".join(model.label for model in models)
         serving = (f"the local engine serves '{served}'." if served else
                    "no model is chosen: the engine serves its only installed model.")
-        self.ui.modelsStatusLabel.text = f"{len(models)} model{'s' if len(models) > 1 else ''}: {listing}. Now {serving}"
+        count = f"{len(models)} model{'s' if len(models) > 1 else ''}"
+        self.ui.modelsStatusLabel.text = f"{count}: {listing}. Now {serving}"
 
     def onModelChosen(self, index):
         model = self._models[index]

@@ -119,32 +119,20 @@ def pythonqt_signal(obj, signature: str):
     return signal
 
 
-def pythonqt_class(base: type, name: str | None = None, namespace: dict | None = None) -> type:
-    return type(name or base.__name__, (PythonQtStyle, base), dict(namespace or {}))
-
-
-QT_CLASSES = ("QWidget", "QFrame", "QLabel", "QPushButton", "QToolButton", "QCheckBox", "QComboBox", "QLineEdit",
-              "QTextEdit", "QPlainTextEdit", "QSpinBox", "QDoubleSpinBox", "QProgressBar", "QTableWidget",
-              "QListWidget", "QGroupBox", "QMainWindow", "QDialog", "QMessageBox", "QFileDialog", "QScrollArea",
-              "QSplitter", "QTabWidget", "QRadioButton", "QAbstractItemView", "QMenu")
-QT_CORE_CLASSES = ("QTimer", "QSettings", "QStringListModel", "QProcess")
-QT_GUI_CLASSES = ("QShortcut", "QAction")
-QT_WIDGET_CLASSES_ALSO = ("QCompleter",)
+def pythonqt_class(base: type) -> type:
+    return type(base.__name__, (PythonQtStyle, base), {})
 
 
 def build_qt_module() -> types.ModuleType:
-    """`import qt` as in Slicer: one namespace of Qt classes, QObjects with PythonQt's face."""
+    """`import qt` as in Slicer: one namespace of Qt classes, every QObject class with PythonQt's face."""
     qt = types.ModuleType("qt", "PythonQt's `qt` module, on PySide6 (see slicer_widget_harness).")
     for source in (QtCore, QtGui, QtWidgets, QtTest):
         for name in dir(source):
+            value = getattr(source, name)
+            if name.startswith("Q") and isinstance(value, type) and issubclass(value, QObject):
+                value = pythonqt_class(value)
             if name.startswith("Q"):
-                setattr(qt, name, getattr(source, name))
-    for name in QT_CLASSES + QT_WIDGET_CLASSES_ALSO:
-        setattr(qt, name, pythonqt_class(getattr(QtWidgets, name)))
-    for name in QT_CORE_CLASSES:
-        setattr(qt, name, pythonqt_class(getattr(QtCore, name)))
-    for name in QT_GUI_CLASSES:
-        setattr(qt, name, pythonqt_class(getattr(QtGui, name)))
+                setattr(qt, name, value)
     qt.QUiLoader = SlicerUiLoader
     # PythonQt returns only the chosen path (PySide: the path and the filter); tests choose by replacing these.
     qt.QFileDialog.getOpenFileName = staticmethod(lambda *args: QtWidgets.QFileDialog.getOpenFileName(*args)[0])
@@ -243,9 +231,6 @@ class qMRMLWidget(PythonQtStyle, QtWidgets.QWidget):
     def setMRMLScene(self, scene):
         self._scene = scene
         self.mrmlSceneChanged.emit(scene)
-
-    def mrmlScene(self):
-        return self._scene
 
 
 class qMRMLNodeComboBox(PythonQtStyle, QtWidgets.QComboBox):
@@ -358,9 +343,6 @@ class qMRMLSegmentEditorWidget(qMRMLWidget):
         self._editorNode = node
         self.logic.SetSegmentEditorNode(node)
 
-    def mrmlSegmentEditorNode(self):
-        return self._editorNode
-
     def setSegmentationNode(self, node):
         if self.logic.GetSegmentationNode() is node:
             return
@@ -387,9 +369,6 @@ class qMRMLSegmentEditorWidget(qMRMLWidget):
 
     def setActiveEffect(self, effect):
         self.activeEffectName = effect
-
-    def setActiveEffectByName(self, name):
-        self.activeEffectName = name or None
 
     def activeEffect(self):
         return self.activeEffectName
@@ -463,10 +442,12 @@ class SlicerUiLoader(QUiLoader):
         buffer.setData(ElementTree.tostring(root))
         buffer.open(QtCore.QIODevice.ReadOnly)
         widget = super().load(buffer, parent)
+        def find(name):
+            return widget if QObject.objectName(widget) == name else widget.findChild(QObject, name)
+
         for connection in [] if connections is None else connections.findall("connection"):
             sender, signal, receiver, slot = (connection.find(tag).text for tag in
                                               ("sender", "signal", "receiver", "slot"))
-            find = lambda name: widget if QObject.objectName(widget) == name else widget.findChild(QObject, name)  # noqa: E731
             getattr(find(sender), signal.split("(")[0]).connect(getattr(find(receiver), slot.split("(")[0]))
         return widget
 
@@ -780,9 +761,6 @@ class SlicerApplication:
 
     def connect(self, signature, slot):
         return bool(pythonqt_signal(self._application, signature).connect(slot))
-
-    def processEvents(self):
-        self._application.processEvents()
 
 
 class ModuleParent:
