@@ -1,10 +1,12 @@
 """MedalS.py's own panel, driven key by key as a user drives it (see slicer_widget_harness for what is real).
 
-Each test here reproduces one way Slicer's own code broke the panel: the parameter node rewriting the prompt box
-on every keystroke, leaving the module or closing the scene, engine set-up errors, the Segment Editor's source
-volume and keyboard shortcuts, Reload and Test without an engine, and the worker starved of the GIL.
+Each test of a numbered section reproduces one way Slicer's own code broke the panel (it failed on the module
+before the fix): the parameter node rewriting the prompt box on every keystroke, leaving the module or closing
+the scene, engine set-up errors, the Segment Editor's source volume and keyboard shortcuts, Reload and Test
+without an engine, and the worker starved of the GIL. Then the whole workflow, and the Models section.
 """
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -15,14 +17,18 @@ import pytest
 import slicer
 from slicer_fixtures import add_volume, oblique_geometry
 from slicer_widget_harness import GilHoldingIdle, Slicer
+from weights_fixtures import folder_files, write_docker_archive, write_official_folder
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
 from MedalSLib.client import ImageRef
+from MedalSLib.launcher import engine_command
 from MedalSLib.prompts import painted_masks, segments_by_prompt
 from MedalSLib.results import find_segment
 from MedalSLib.scene import oriented_image, volume_geometry
 from MedalSLib.session import EngineChoice, SegmentationSession
+
+from medals.weights.testing import make_tiny_model
 
 SHAPE = (20, 40, 40)
 PROMPTS = "liver\nleft kidney"
@@ -30,16 +36,12 @@ PROMPTS = "liver\nleft kidney"
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from medals.weights.testing import make_tiny_model
     return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model, tmp_path_factory):
     """One real `medals serve` process for the tests that only need an engine to talk to."""
-    import os
-
-    from MedalSLib.launcher import engine_command
     env = {**os.environ, "MEDALS_HOME": str(tmp_path_factory.mktemp("home"))}
     owner = SegmentationSession(None)
     owner.ensure_engine(EngineChoice(command=tuple(engine_command(sys.executable, device="cpu",
@@ -393,7 +395,6 @@ def test_widget_user_workflow(app, tiny_model, tmp_path, monkeypatch):
 # -- the Models section --------------------------------------------------------------------------------------------
 
 def test_widget_models_lists_the_engines_models_and_chooses_one(app, tmp_path, monkeypatch):
-    from medals.weights.testing import make_tiny_model
     home = tmp_path / "home"
     make_tiny_model(home / "models" / "tiny")
     monkeypatch.setenv("MEDALS_HOME", str(home))
@@ -419,7 +420,6 @@ def test_widget_models_import_runs_in_the_engine_and_reports(app, tmp_path, monk
                                                             caplog):
     """The authors' archive, in miniature (narrower than the official network, so the engine refuses it after
     reading it): the import runs off the GUI thread with progress, and its failure is a dialog and a status."""
-    from weights_fixtures import folder_files, write_docker_archive, write_official_folder
     release = write_official_folder(tmp_path / "release", parity, parity_weights("text_encoder_keys.json", 0))
     archive = write_docker_archive(tmp_path / "teamx_alldata.tar.gz",
                                    [folder_files(release, "workspace/checkpoints")])
