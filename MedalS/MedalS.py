@@ -732,7 +732,7 @@ def _pythonSlicerExecutable():
 
 
 class MedalSTest(ScriptedLoadableModuleTest):
-    """Segments Slicer's MRHead sample with the installed model; skipped (with the reason) when there is none.
+    """Segments Slicer's MRHead sample with the installed model; when there is none, says why and passes.
 
     The engine runs in Slicer's Python when medals is installed there, else in the Python environment chosen
     in the module's settings.
