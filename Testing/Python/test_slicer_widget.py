@@ -365,8 +365,10 @@ def test_widget_user_workflow(app, tiny_model, tmp_path, monkeypatch):
     app.pump()
     assert np.array_equal(liver_mask(segmentation, volume), painted)
 
-    # Cancel a job once the engine is working on it: nothing is written.
+    # Cancel a job once the engine is working on it: nothing is written. (Eight refinement passes per window
+    # keep the engine busy long enough to be caught working on any machine.)
     ui.stagesComboBox.currentIndex = 0
+    ui.refineIterationsSpinBox.value = 8
     ui.segmentButton.click()
     app.wait_until(lambda: "stage" in ui.statusLabel.text or widget._request is None, timeout=60)
     assert widget._request is not None, "the job finished before it could be cancelled"
