@@ -25,11 +25,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "Logic"))
 
 from MedalSLib.client import JobCancelled  # noqa: E402
 from MedalSLib.errors import ModuleError  # noqa: E402
-from MedalSLib.jobs import Worker  # noqa: E402
+from MedalSLib.jobs import Progress, Worker  # noqa: E402
 from MedalSLib.launcher import (SlicerPythonSetup, check_slicer_version, engine_command,  # noqa: E402
                                 engine_importable)
-from MedalSLib.prompts import (completion_names, parse_prompts, replace_line, segments_by_prompt,  # noqa: E402
-                               structure_key)
+from MedalSLib.models import OFFICIAL_NAME, import_weights, list_models  # noqa: E402
+from MedalSLib.prompts import completion_names, parse_prompts, segments_by_prompt, structure_key  # noqa: E402
 from MedalSLib.results import new_segmentation  # noqa: E402
 from MedalSLib.session import EngineChoice, EngineOptions, SegmentationSession  # noqa: E402
 
@@ -41,6 +41,10 @@ NO_SEEDS = "(no seeds)"
 SETTINGS = "MedalS/"
 PROGRESS_DELAY_S = 0.3
 """Requests faster than this never flash a progress bar."""
+POLL_INTERVAL_MS = 100
+POLL_WAIT_S = 0.08
+"""How long each poll tick waits on the request. PythonQt runs without thread support, so Slicer's main thread
+holds the GIL while Qt idles: the request's worker thread runs mainly while a tick waits (which releases it)."""
 
 
 class MedalS(ScriptedLoadableModule):
@@ -54,10 +58,36 @@ class MedalS(ScriptedLoadableModule):
             "Type the structures you want, one per line (\"liver\", \"left kidney\"), and get each back as a named, "
             "coloured segment. Paint seeds where the result is wrong and press Refine: only the region around your "
             "edit is recomputed. The model runs in a separate engine process, on this computer or on a server. "
-            "See <a href=\"https://github.com/medals-slicer/MedalS/blob/main/docs/slicer.md\">the user guide</a>.")
+            "See <a href=\"https://github.com/medals-slicer/SlicerMedalS/blob/main/docs/slicer.md\">the user guide</a>.")
         self.parent.acknowledgementText = (
             "Medal S: Spatio-Textual Prompt Model for Medical Segmentation (Shi et al., 2025). Please cite the paper "
             "when you use the model's results.")
+
+
+class CompletionKeys(qt.QObject):
+    """Return, Enter and Tab in the open completion popup take the highlighted name.
+
+    QCompleter offers every key to its widget first, and a QTextEdit takes these (a new line, a tab): without
+    this filter the popup could only be used with the mouse. Installed on the popup after QCompleter's own
+    filter, so it sees the keys first.
+    """
+
+    KEYS = (qt.Qt.Key_Return, qt.Qt.Key_Enter, qt.Qt.Key_Tab)
+
+    def __init__(self, choose):
+        qt.QObject.__init__(self)
+        self.choose = choose
+
+    def eventFilter(self, popup, event):
+        if (event.type() != qt.QEvent.KeyPress or event.key() not in self.KEYS
+                or event.modifiers() & qt.Qt.ControlModifier):
+            return False
+        index = popup.currentIndex()
+        if not index.isValid():
+            return False
+        popup.hide()
+        self.choose(index.data())
+        return True
 
 
 @parameterNodeWrapper
@@ -103,7 +133,8 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedSegmentation = None
         self._seedTableKey = None
         self._completionBlock = None
-        self._insertingCompletion = False
+        self._showingPrompts = False
+        self._models = []
 
     # -- set-up and tear-down ----------------------------------------------------------------------------------
 
@@ -118,7 +149,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.session = SegmentationSession(slicer.mrmlScene)
         self.worker = Worker()
         self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(100)
+        self.pollTimer.setInterval(POLL_INTERVAL_MS)
         self.pollTimer.connect("timeout()", self.onPoll)
 
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self._segmentEditorNode())
@@ -126,6 +157,8 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.completer.setWidget(self.ui.promptsTextEdit)
         self.completer.setCaseSensitivity(qt.Qt.CaseInsensitive)
         self.completer.connect("activated(QString)", self.onCompletionChosen)
+        self.completionKeys = CompletionKeys(self.onCompletionChosen)
+        self.completer.popup().installEventFilter(self.completionKeys)
         self.ui.promptsTextEdit.connect("textChanged()", self.onPromptsEdited)
         for keys in ("Ctrl+Return", "Ctrl+Enter"):
             shortcut = qt.QShortcut(qt.QKeySequence(keys), self.ui.promptsTextEdit)
@@ -139,6 +172,16 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.startEngineButton.connect("clicked(bool)", self.onStartEngine)
         self.ui.stopEngineButton.connect("clicked(bool)", self.onStopEngine)
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.onRefreshModels)
+        self.ui.modelComboBox.connect("activated(int)", self.onModelChosen)
+        importMenu = qt.QMenu(self.ui.importWeightsButton)
+        self.importArchiveAction = qt.QAction("Docker image archive (teamx_alldata.tar.gz)…", importMenu)
+        self.importFolderAction = qt.QAction("Checkpoint folder…", importMenu)
+        self.importArchiveAction.connect("triggered()", self.onImportArchive)
+        self.importFolderAction.connect("triggered()", self.onImportFolder)
+        importMenu.addAction(self.importArchiveAction)
+        importMenu.addAction(self.importFolderAction)
+        self.ui.importWeightsButton.setMenu(importMenu)
         self._loadEngineSettings()
         self.ui.engineModeComboBox.connect("currentIndexChanged(int)", self.onEngineSettingsChanged)
         for lineEdit in (self.ui.serverUrlLineEdit, self.ui.modelLineEdit, self.ui.enginePackageLineEdit):
@@ -154,24 +197,30 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
         self.removeObservers()
         self.pollTimer.stop()
         self.session.stop_local_engine()
         self.worker.close(timeout_s=1.0)
 
     def enter(self):
+        # As Slicer's Segment Editor module does (SegmentEditor.py enter/exit; qMRMLSegmentEditorWidget.h in 5.10
+        # and main): the editor's keys (Ctrl+Z, Z, Y, effect numbers, Esc, Space) work in the views while this
+        # module is shown, and only then.
+        self.ui.segmentEditorWidget.installKeyboardShortcuts()
         self.initializeParameterNode()
         self.ui.segmentEditorWidget.setupViewObservations()
 
     def exit(self):
         # Leave no painting effect active in the views once the user works in another module.
         self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
         self.ui.segmentEditorWidget.removeViewObservations()
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
         self.session.forget_results()
+        self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
@@ -197,7 +246,12 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volume = node.inputVolume if node else None
         segmentation = node.outputSegmentation if node else None
         self.ui.segmentEditorWidget.setSegmentationNode(segmentation)
-        self.ui.segmentEditorWidget.setSourceVolumeNode(volume)
+        # vtkSlicerSegmentEditorLogic.cxx SetSourceVolumeNode (5.10, main) refuses a source volume, with an error,
+        # until the editor has a segmentation.
+        if segmentation is not None:
+            self.ui.segmentEditorWidget.setSourceVolumeNode(volume)
+        if node is not None:
+            self._showPrompts(node.prompts)
         self._observeSegmentation(segmentation)
         self._updateSeedTable()
         self._updateButtons()
@@ -227,7 +281,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                     keep_largest=self._parameterNode.keepLargest,
                                     probabilities=self._parameterNode.probabilityMaps)
             prepared = prepare(self._parameterNode.inputVolume, segmentation, options)
-        except ModuleError as error:
+        except Exception as error:  # engine set-up runs here too: pip, PyTorch Utils, dialogs
             self._showError(action, error)
             return
 
@@ -253,7 +307,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self.session.undo()
             self.ui.statusLabel.text = "The last MedalS result was undone."
-        except ModuleError as error:
+        except Exception as error:
             self._showError("Undo", error)
         self._updateButtons()
 
@@ -271,7 +325,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPoll(self):
         request = self._request
-        if not request.finished.is_set():
+        if not request.finished.wait(POLL_WAIT_S):
             if time.monotonic() - self._requestStarted >= PROGRESS_DELAY_S:
                 self.ui.progressBar.visible = True
                 fraction = request.progress.fraction
@@ -289,7 +343,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             try:
                 onDone(request.result)
-            except ModuleError as error:
+            except Exception as error:
                 self._showError(request.description, error)
         self._updateEngineStatus()
         self._updateButtons()
@@ -298,7 +352,8 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.enabled = busy
         if not busy:
             self.ui.progressBar.visible = False  # shown by onPoll once a request outlasts PROGRESS_DELAY_S
-        for button in (self.ui.startEngineButton, self.ui.stopEngineButton, self.ui.testConnectionButton):
+        for button in (self.ui.startEngineButton, self.ui.stopEngineButton, self.ui.testConnectionButton,
+                       self.ui.refreshModelsButton, self.ui.importWeightsButton):
             button.enabled = not busy
         self._updateButtons()
 
@@ -330,8 +385,11 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- prompts: completion and the seed mapping table --------------------------------------------------------
 
     def onPromptsEdited(self):
-        if self._insertingCompletion:
+        if self._showingPrompts:
             return
+        text = self.ui.promptsTextEdit.toPlainText()
+        if self._parameterNode is not None and self._parameterNode.prompts != text:
+            self._parameterNode.prompts = text
         cursor = self.ui.promptsTextEdit.textCursor()
         prefix = cursor.block().text()[:cursor.positionInBlock()].strip()
         popup = self.completer.popup()
@@ -348,15 +406,30 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.completer.complete(rectangle)
 
     def onCompletionChosen(self, name):
-        self._insertingCompletion = True
+        """Replace the completed line by the chosen name, as one step of the box's own undo."""
+        edit = self.ui.promptsTextEdit
+        cursor = edit.textCursor()
+        block = cursor.document().findBlockByNumber(self._completionBlock)
+        cursor.setPosition(block.position())
+        cursor.movePosition(qt.QTextCursor.EndOfBlock, qt.QTextCursor.KeepAnchor)
+        cursor.insertText(name)
+        edit.setTextCursor(cursor)
+
+    def _showPrompts(self, text):
+        """Show the parameter node's prompts (a loaded scene, a script) in the box.
+
+        The box is not bound through the parameter node wrapper: it rewrites every bound widget on every change
+        (setPlainText for a QTextEdit), which would move the cursor, wipe the box's undo and hide the completion
+        popup at each keystroke. Text typed here is already the node's, so this writes only what differs.
+        """
+        edit = self.ui.promptsTextEdit
+        if edit.toPlainText() == text:
+            return
+        self._showingPrompts = True
         try:
-            edit = self.ui.promptsTextEdit
-            edit.setPlainText(replace_line(edit.toPlainText(), self._completionBlock, name))
-            cursor = edit.textCursor()
-            cursor.movePosition(qt.QTextCursor.End)
-            edit.setTextCursor(cursor)
+            edit.setPlainText(text)
         finally:
-            self._insertingCompletion = False
+            self._showingPrompts = False
 
     def _setVocabulary(self, vocabulary):
         self.completer.setModel(qt.QStringListModel(completion_names(vocabulary), self.completer))
@@ -397,7 +470,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._seedTableKey = state
         prompts, names, overrides = state
         overrides = {structure_key(prompt): name for prompt, name in overrides}
-        segmentation = self._parameterNode.outputSegmentation
+        segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
         byName = segments_by_prompt(segmentation, list(prompts)) if segmentation is not None else {}
         table = self.ui.seedMappingTable
         table.setRowCount(len(prompts))
@@ -438,10 +511,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if mode == "slicer":
             with slicer.util.WaitCursor():
                 self._slicerPythonSetup().ensure_engine()
-            python = _pythonSlicerExecutable()
-        else:
-            python = self.ui.pythonPathLineEdit.currentPath
-        command = engine_command(python, device=None if device in ("", "auto") else device, model=model or None)
+        command = engine_command(self._enginePython(), device=None if device in ("", "auto") else device, model=model or None)
         return EngineChoice(command=tuple(command), env=slicer.util.startupEnvironment())
 
     def _slicerPythonSetup(self):
@@ -464,7 +534,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _connectOnly(self, action):
         try:
             choice = self._engineChoice()
-        except ModuleError as error:
+        except Exception as error:  # engine set-up: pip and PyTorch Utils raise their own errors
             self._showError(action, error)
             return
         self._submit(lambda request: self.session.ensure_engine(choice, request), action, self._connected)
@@ -474,11 +544,15 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
     def onStopEngine(self):
-        self.session.stop_local_engine()
+        try:
+            self.session.stop_local_engine()
+        except Exception as error:
+            self._showError("Stop engine", error)
         self._updateEngineStatus()
 
     def _updateEngineStatus(self):
         info = self.session.info
+        self._showRemoteModel()
         if not info:
             self.ui.engineStatusLabel.text = "Not connected."
             return
@@ -525,6 +599,111 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.visible = mode != "remote"
         for widget in (self.ui.enginePackageLabel, self.ui.enginePackageLineEdit):
             widget.visible = mode == "slicer"
+        for widget in (self.ui.modelsLabel, self.ui.modelComboBox, self.ui.refreshModelsButton,
+                       self.ui.importWeightsButton):
+            widget.visible = mode != "remote"
+        self._showRemoteModel()
+
+    # -- models ------------------------------------------------------------------------------------------------
+
+    def _enginePython(self):
+        """The Python that runs the local engine (and its `medals weights` commands)."""
+        if self._engineMode() == "python":
+            python = self.ui.pythonPathLineEdit.currentPath
+            if not python:
+                raise ModuleError("choose the Python environment that has the MedalS engine (Engine section)")
+            return python
+        if not engine_importable():
+            raise ModuleError("the engine is not installed in Slicer's Python yet: press Start engine to install it")
+        return _pythonSlicerExecutable()
+
+    def onRefreshModels(self):
+        if self._request is not None or self._engineMode() == "remote":
+            return
+        try:
+            python = self._enginePython()
+        except Exception as error:
+            self._showError("List models", error)
+            return
+        environment = slicer.util.startupEnvironment()
+        self._submit(lambda request: list_models(python, environment), "List models", self._showModels)
+
+    def _showModels(self, models):
+        self._models = models
+        combo = self.ui.modelComboBox
+        combo.clear()
+        for index, model in enumerate(models):
+            combo.addItem(model.name)
+            combo.setItemData(index, model.label, qt.Qt.ToolTipRole)
+        served = self.ui.modelLineEdit.text.strip()
+        names = [model.name for model in models]
+        combo.currentIndex = names.index(served) if served in names else -1
+        if not models:
+            self.ui.modelsStatusLabel.text = "The engine has no model: import the official weights."
+            return
+        listing = "; ".join(model.label for model in models)
+        serving = (f"the local engine serves '{served}'." if served else
+                   "no model is chosen: the engine serves its only installed model.")
+        count = f"{len(models)} model{'s' if len(models) > 1 else ''}"
+        self.ui.modelsStatusLabel.text = f"{count}: {listing}. Now {serving}"
+
+    def onModelChosen(self, index):
+        model = self._models[index]
+        self.ui.modelLineEdit.text = model.name
+        self.onEngineSettingsChanged()
+        self.ui.modelsStatusLabel.text = (f"The local engine serves '{model.name}' ({model.label}) from the next "
+                                          "request on; a running engine restarts to load it.")
+
+    def onImportArchive(self):
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), "The authors' Medal S Docker image archive", "",
+            "Docker image archives (*.tar.gz *.tgz *.tar);;All files (*)")
+        if path:
+            self._importWeights(path)
+
+    def onImportFolder(self):
+        path = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "The official Medal S checkpoint folder")
+        if path:
+            self._importWeights(path)
+
+    def _importWeights(self, source):
+        """`medals weights import SOURCE` in the engine's Python, on the worker, as the model 'official'."""
+        if self._request is not None:
+            return
+        try:
+            python = self._enginePython()
+        except Exception as error:
+            self._showError("Import weights", error)
+            return
+        replace = any(model.name == OFFICIAL_NAME and not model.bundled for model in self._models)
+        if replace and not slicer.util.confirmOkCancelDisplay(
+                f"A model named '{OFFICIAL_NAME}' is installed. Replace it with the weights from {source}?"):
+            return
+        environment = slicer.util.startupEnvironment()
+
+        def work(request):
+            return import_weights(python, source, OFFICIAL_NAME, replace, env=environment,
+                                  report=lambda line: request.report(Progress(f"Importing weights: {line}")),
+                                  cancel=request.cancel_requested)
+
+        self._submit(work, "Import weights", self._imported)
+
+    def _imported(self, summary):
+        self.ui.modelLineEdit.text = OFFICIAL_NAME
+        self.onEngineSettingsChanged()
+        self.ui.statusLabel.text = f"Official weights imported as '{OFFICIAL_NAME}'; the local engine serves them."
+        self.ui.modelsStatusLabel.text = summary
+        self.onRefreshModels()
+
+    def _showRemoteModel(self):
+        """A remote engine's models live on its server: show the one it serves, and where imports happen."""
+        if self._engineMode() != "remote":
+            return
+        model = self.session.info.get("model") if self.session.info else None
+        serving = f"The server serves the model '{model}'. " if model else "Not connected to the server yet. "
+        self.ui.modelsStatusLabel.text = (serving + "Official weights are imported on the server: run `medals "
+                                          "weights import SOURCE` there, then serve the model with `medals serve "
+                                          "--model official`.")
 
     def _segmentEditorNode(self):
         """A segment editor node of this module's own, so the Segment Editor module's state is left alone."""
@@ -548,7 +727,7 @@ def _pythonSlicerExecutable():
 
 
 class MedalSTest(ScriptedLoadableModuleTest):
-    """Segments Slicer's MRHead sample with the installed model; skipped (with the reason) when there is none.
+    """Segments Slicer's MRHead sample with the installed model; when there is none, says why and passes.
 
     The engine runs in Slicer's Python when medals is installed there, else in the Python environment chosen
     in the module's settings.
@@ -564,13 +743,18 @@ class MedalSTest(ScriptedLoadableModuleTest):
         self.test_segments_appear_named_after_the_prompts()
 
     def test_segments_appear_named_after_the_prompts(self):
-        choice = self._localEngine()
+        # Reload and Test calls runTest() directly, outside unittest: a missing engine is reported, not skipped.
+        choice, missing = self._localEngine()
+        if choice is None:
+            self.delayDisplay(f"MedalS self-test not run: {missing}")
+            return
         session = SegmentationSession(slicer.mrmlScene)
         try:
             try:
                 info = session.ensure_engine(choice)
             except ModuleError as error:
-                self.skipTest(f"the MedalS engine did not start: {error}")
+                self.delayDisplay(f"MedalS self-test not run: the MedalS engine did not start: {error}")
+                return
             self.delayDisplay(f"Engine ready: model {info.get('model')} on {info.get('device', {}).get('device')}")
             import SampleData
             volume = SampleData.downloadSample("MRHead")
@@ -585,11 +769,15 @@ class MedalSTest(ScriptedLoadableModuleTest):
             session.stop_local_engine()
 
     def _localEngine(self):
+        """(the engine to start, None) or (None, why there is none)."""
         if engine_importable():
-            python = _pythonSlicerExecutable()
+            try:
+                python = _pythonSlicerExecutable()
+            except ModuleError as error:
+                return None, str(error)
         else:
             python = slicer.util.settingsValue(SETTINGS + "PythonPath", "")
             if not python:
-                self.skipTest("the MedalS engine is not installed in Slicer's Python and no other Python "
+                return None, ("the MedalS engine is not installed in Slicer's Python and no other Python "
                               "environment is set in the module's Engine panel")
-        return EngineChoice(command=tuple(engine_command(python)), env=slicer.util.startupEnvironment())
+        return EngineChoice(command=tuple(engine_command(python)), env=slicer.util.startupEnvironment()), None

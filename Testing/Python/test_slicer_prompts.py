@@ -7,7 +7,7 @@ from slicer_fixtures import (add_segmentation, add_volume, finer_geometry, obliq
 
 from MedalSLib.errors import InputError
 from MedalSLib.prompts import (completion_names, edited_region, margin_voxels, painted_masks, parse_prompts,
-                               replace_line, segments_by_prompt, structure_key)
+                               segments_by_prompt, structure_key)
 from MedalSLib.scene import Box, VolumeGeometry, oriented_image
 
 
@@ -36,11 +36,6 @@ def test_completion_offers_names_and_synonyms_once_each_sorted():
     vocabulary = [structure("Liver", ["liver", "hepar", "Liver in CT"]),
                   structure("Left kidney", ["kidney left", "LEFT KIDNEY"])]
     assert completion_names(vocabulary) == ["hepar", "kidney left", "Left kidney", "Liver", "Liver in CT"]
-
-
-def test_replace_line_changes_only_that_line():
-    assert replace_line("liver\nle\naorta", 1, "left kidney") == "liver\nleft kidney\naorta"
-    assert replace_line("liver\n", 1, "spleen") == "liver\nspleen"
 
 
 def test_segments_match_prompts_by_name(scene):

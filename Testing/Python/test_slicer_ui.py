@@ -1,9 +1,9 @@
-"""The module's panel (MedalS.ui) against the code that uses it, loaded with PySide6 offscreen.
+"""The module's panel (MedalS.ui) against the code that uses it, loaded as Slicer loads it (PySide6 offscreen).
 
-Slicer's own widget classes (ctkCollapsibleButton, qMRMLNodeComboBox, qMRMLSegmentEditorWidget, ...) exist
-only inside Slicer, so small stand-ins of the same class names are registered with QUiLoader; they also give
-the offscreen screenshot its look. MedalS.py itself imports Slicer, so what it looks up is read from its
-source: every `self.ui.<name>`, the parameter node's fields and the combo box choices.
+Slicer's own widget classes (ctkCollapsibleButton, qMRMLNodeComboBox, qMRMLSegmentEditorWidget, ...) exist only
+inside Slicer: the loader and stand-ins of slicer_widget_harness give them (and the offscreen screenshot its
+look). What MedalS.py looks up is read from its source: every `self.ui.<name>`, the parameter node's fields and
+the combo box choices; test_slicer_widget runs the widget itself.
 
 Run this file directly to write the documentation's screenshot: `python Testing/Python/test_slicer_ui.py`.
 """
@@ -17,11 +17,10 @@ import pytest
 from slicer_fixtures import MODULE_DIR, REPO_ROOT
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-from PySide6.QtCore import Property, QFile, Qt  # noqa: E402
+from PySide6.QtCore import QFile  # noqa: E402
 from PySide6.QtGui import QPixmap  # noqa: E402
-from PySide6.QtWidgets import (QApplication, QComboBox, QFrame, QGridLayout, QGroupBox, QLabel, QLineEdit,  # noqa: E402
-                               QTableWidgetItem, QToolButton, QWidget)
-from PySide6.QtUiTools import QUiLoader  # noqa: E402
+from PySide6.QtWidgets import QApplication, QComboBox, QLabel, QTableWidgetItem, QWidget  # noqa: E402
+from slicer_widget_harness import SlicerUiLoader, install  # noqa: E402
 
 from MedalSLib.session import MODALITY_CHOICES, STAGE_CHOICES  # noqa: E402
 
@@ -30,70 +29,15 @@ MODULE_FILE = MODULE_DIR / "MedalS.py"
 SCREENSHOT = REPO_ROOT / "docs" / "screenshot_panel.png"
 
 
-class ctkCollapsibleButton(QGroupBox):
-    """Stand-in: a titled box (the real one collapses)."""
-
-    def _text(self):
-        return self.title()
-
-    def _setText(self, text):
-        self.setTitle(text)
-
-    def _collapsed(self):
-        return False
-
-    def _setCollapsed(self, collapsed):
-        pass
-
-    text = Property(str, _text, _setText)
-    collapsed = Property(bool, _collapsed, _setCollapsed)
-
-
-class qMRMLWidget(QWidget):
-    """Stand-in: the base of Slicer's scene-aware widgets."""
-
-
-class qMRMLNodeComboBox(QComboBox):
-    """Stand-in: a node selector shows node names."""
-
-
-class ctkPathLineEdit(QLineEdit):
-    """Stand-in: a path field."""
-
-
-class qMRMLSegmentEditorWidget(QFrame):
-    """Stand-in: Slicer's Segment Editor, drawn as its effect buttons."""
-
-    EFFECTS = ("Paint", "Draw", "Erase", "Level tracing", "Grow from seeds", "Scissors", "Islands", "Smoothing")
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.setFrameShape(QFrame.StyledPanel)
-        grid = QGridLayout(self)
-        for index, name in enumerate(self.EFFECTS):
-            button = QToolButton(self)
-            button.setText(name)
-            button.setToolButtonStyle(Qt.ToolButtonTextOnly)
-            grid.addWidget(button, index // 4, index % 4)
-
-
-STAND_INS = (ctkCollapsibleButton, qMRMLWidget, qMRMLNodeComboBox, ctkPathLineEdit, qMRMLSegmentEditorWidget)
-
-
 @pytest.fixture(scope="module")
 def app():
     return QApplication.instance() or QApplication([])
 
 
 def load_panel(app) -> QWidget:
-    loader = QUiLoader()
-    for stand_in in STAND_INS:
-        loader.registerCustomWidget(stand_in)
-    ui_file = QFile(str(UI_FILE))
-    assert ui_file.open(QFile.ReadOnly)
-    panel = loader.load(ui_file)
-    ui_file.close()
-    assert panel is not None, loader.errorString()
+    install()
+    panel = SlicerUiLoader().load(QFile(str(UI_FILE)))
+    assert panel is not None
     return panel
 
 
@@ -153,7 +97,9 @@ def test_widgets_bound_to_parameters_name_fields_of_the_parameter_node():
              if prop.get("name") == "SlicerParameterName"}
     fields = parameter_fields()
     assert bound <= fields, f"bound to unknown parameters: {sorted(bound - fields)}"
-    assert fields - bound == {"seedOverrides"}  # the one parameter edited through the seed table
+    # Edited by the widget itself: the seed table, and the prompt box (the wrapper's setPlainText on every change
+    # would move the cursor at each keystroke).
+    assert fields - bound == {"seedOverrides", "prompts"}
 
 
 def test_choice_combo_boxes_list_the_modules_choices():
@@ -181,8 +127,10 @@ def test_scene_connections_reach_existing_scene_aware_widgets():
 
 def fill_example(panel: QWidget) -> None:
     """What the panel shows mid-session, for the documentation's screenshot."""
-    panel.findChild(QComboBox, "inputVolumeSelector").addItem("CTACardio")
-    panel.findChild(QComboBox, "outputSegmentationSelector").addItem("CTACardio MedalS")
+    for name, item in (("inputVolumeSelector", "CTACardio"), ("outputSegmentationSelector", "CTACardio MedalS")):
+        combo = panel.findChild(QComboBox, name)
+        combo.addItem(item)
+        combo.setCurrentIndex(combo.findText(item))
     panel.findChild(QWidget, "promptsTextEdit").setPlainText("liver\nspleen\nleft kidney\naorta")
     panel.findChild(QWidget, "progressBar").setValue(60)
     panel.findChild(QLabel, "statusLabel").setText("Fine stage: 6 of 10 windows, about 4 s left")
@@ -192,6 +140,13 @@ def fill_example(panel: QWidget) -> None:
                                           ("aorta", "(no seeds)"))):
         table.setItem(row, 0, QTableWidgetItem(prompt))
         table.setItem(row, 1, QTableWidgetItem(seed))
+    panel.findChild(QWidget, "modelsCollapsibleButton").setProperty("collapsed", False)
+    models = panel.findChild(QComboBox, "modelComboBox")
+    models.addItems(["medals-demo", "official"])
+    models.setCurrentIndex(1)
+    panel.findChild(QWidget, "modelLineEdit").setText("official")
+    panel.findChild(QLabel, "modelsStatusLabel").setText(
+        "The local engine serves 'official' (2.4 GB; coarse 224x224x128 @ 1.5x1.5x3 mm, fine 192x192x192 @ 1x1x1 mm).")
     panel.findChild(QLabel, "engineStatusLabel").setText(
         "Connected to local engine: medals 0.1.0 (protocol v1), model official, on CUDA (cuda:0).")
     for hidden in ("pythonPathLabel", "pythonPathLineEdit", "serverUrlLabel", "serverUrlLineEdit", "serverTokenLabel",
@@ -202,7 +157,7 @@ def fill_example(panel: QWidget) -> None:
 def render_panel(app, path: Path, width: int = 440) -> QPixmap:
     panel = load_panel(app)
     fill_example(panel)
-    panel.resize(width, panel.sizeHint().height())
+    panel.resize(width, panel.sizeHint.height())  # PythonQt style: a property
     panel.show()
     app.processEvents()
     pixmap = panel.grab()

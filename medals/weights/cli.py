@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import ModelConfig, NetConfig
 from ..errors import InputError
 from .install import install_official
-from .store import list_models, models_dir, resolve_model
+from .store import bundled_models, list_models, models_dir, resolve_model
 
 
 def human_size(size: int) -> str:
@@ -48,7 +48,17 @@ def run_import(args) -> int:
     return 0
 
 
+def model_record(model, bundled: bool) -> dict:
+    """One model as `medals weights list --json` describes it."""
+    return {"name": model.name, "path": str(model.path), "bundled": bundled, "stages": describe_stages(model.config),
+            "text_tower": model.config.text.tower, "size_bytes": model.size_bytes}
+
+
 def run_list(args) -> int:
+    if args.json:
+        records = [model_record(m, True) for m in bundled_models()] + [model_record(m, False) for m in list_models()]
+        print(json.dumps({"models_dir": str(models_dir()), "models": records}))
+        return 0
     models = list_models()
     if not models:
         print(f"no models installed in {models_dir()}; install one with `medals weights import SOURCE`")
@@ -85,6 +95,8 @@ def register(subparsers) -> None:
     importer.set_defaults(func=run_import)
 
     lister = commands.add_parser("list", help="installed models: stages (crop @ spacing), text tower, size")
+    lister.add_argument("--json", action="store_true",
+                        help="as JSON, with the models shipped inside the package (bundled: true)")
     lister.set_defaults(func=run_list)
 
     path = commands.add_parser("path", help="print the folder of an installed model")

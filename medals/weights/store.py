@@ -15,6 +15,8 @@ from ..errors import InputError, ModelNotFound, WeightsError
 
 CONFIG_FILE = "config.json"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
+"""Models shipped inside the package (the demo model): served by name like installed ones, never in the store."""
 
 
 def medals_home() -> Path:
@@ -67,9 +69,10 @@ class InstalledModel:
         return folder_size(self.path)
 
 
-def list_models(home: Path | None = None) -> list[InstalledModel]:
-    """Installed models, sorted by name (folders without a readable config.json are left out)."""
-    root = models_dir(home)
+def list_models(home: Path | None = None, folder: Path | None = None) -> list[InstalledModel]:
+    """Installed models, sorted by name (folders without a readable config.json are left out); `folder` lists
+    another folder of model folders than the store's."""
+    root = folder or models_dir(home)
     if not root.is_dir():
         return []
     models = []
@@ -83,8 +86,14 @@ def list_models(home: Path | None = None) -> list[InstalledModel]:
     return models
 
 
+def bundled_models() -> list[InstalledModel]:
+    """The models shipped inside the package, sorted by name."""
+    return list_models(folder=BUNDLED_MODELS)
+
+
 def resolve_model(name_or_path, home: Path | None = None) -> Path:
-    """Folder of a model given its store name, or a path to a model folder (a folder with config.json); None
+    """Folder of a model given its store name (or a bundled model's name), or a path to a model folder (a folder
+    with config.json); None
     means the only installed model (ModelNotFound, listing them, when there is not exactly one)."""
     if name_or_path is None:
         installed = list_models(home)
@@ -96,8 +105,10 @@ def resolve_model(name_or_path, home: Path | None = None) -> Path:
     if (candidate / CONFIG_FILE).is_file():
         return candidate
     name = str(name_or_path)
-    if MODEL_NAME.fullmatch(name) and (models_dir(home) / name / CONFIG_FILE).is_file():
-        return models_dir(home) / name
+    if MODEL_NAME.fullmatch(name):
+        for root in (models_dir(home), BUNDLED_MODELS):  # an installed model of a bundled one's name wins
+            if (root / name / CONFIG_FILE).is_file():
+                return root / name
     installed = ", ".join(m.name for m in list_models(home)) or "none"
     raise ModelNotFound(f"no model {name!r} (installed in {models_dir(home)}: {installed}); "
                         "install one with `medals weights import SOURCE`")

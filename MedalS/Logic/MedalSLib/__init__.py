@@ -5,6 +5,7 @@
 - `results`: engine labels → one named, coloured segment per prompt, with undo.
 - `probability_maps`: engine probability maps → one scalar volume per prompt, updated in place.
 - `launcher`: a local engine process on a loopback port, and the engine's set-up in Slicer's own Python.
+- `models`: the engine's models, and importing the official weights, through the engine's command line.
 - `jobs`: one persistent worker thread that runs engine requests off the GUI thread.
 - `client`: the engine's HTTP protocol.
 

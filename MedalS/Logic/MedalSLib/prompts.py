@@ -48,15 +48,6 @@ def completion_names(vocabulary: Iterable[Structure]) -> list[str]:
     return sorted(names.values(), key=str.casefold)
 
 
-def replace_line(text: str, line: int, new: str) -> str:
-    """`text` with its `line`-th line (from 0) replaced by `new`; other lines, and line breaks, untouched."""
-    lines = text.split("\n")
-    if not 0 <= line < len(lines):
-        raise IndexError(f"line {line} is not in a text of {len(lines)} lines")
-    lines[line] = new
-    return "\n".join(lines)
-
-
 def structure_key(name: str) -> str:
     """What two names must share to denote the same structure: lower case, runs of anything but letters and
     digits as one space ("Left_Kidney " and "left-kidney" → "left kidney"), as the engine's vocabulary does."""
