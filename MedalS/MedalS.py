@@ -30,7 +30,7 @@ from MedalSLib.launcher import (SlicerPythonSetup, check_slicer_version, engine_
                                 engine_importable)
 from MedalSLib.models import OFFICIAL_NAME, import_weights, list_models  # noqa: E402
 from MedalSLib.prompts import completion_names, parse_prompts, segments_by_prompt, structure_key  # noqa: E402
-from MedalSLib.results import new_segmentation  # noqa: E402
+from MedalSLib.results import new_segmentation, result_summary  # noqa: E402
 from MedalSLib.session import EngineChoice, EngineOptions, SegmentationSession  # noqa: E402
 
 MODALITY_ITEMS = ("auto", "CT", "MRI", "US", "PET", "Microscopy")
@@ -295,12 +295,7 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # The editor's own undo (Ctrl+Z) then steps over the whole result, not over the last brush stroke.
         self.ui.segmentEditorWidget.saveStateForUndo()
         stats = self.session.apply(prepared, result)
-        found = [f"{prompt}: {info['volume_ml']:.1f} ml" for prompt, info in stats.items() if info.get("voxels")]
-        empty = [prompt for prompt, info in stats.items() if not info.get("voxels")]
-        summary = "; ".join(found) if found else "nothing found"
-        if empty:
-            summary += f". Not found: {', '.join(empty)}"
-        self.ui.statusLabel.text = f"{action} done — {summary}."
+        self.ui.statusLabel.text = f"{action} done — {result_summary(stats)}."
         self._updateSeedTable()
 
     def onUndo(self):

@@ -746,6 +746,8 @@ class SlicerApplication:
         self._application = application
         self._moduleManager = ModuleManager()
         self.applicationName = "Slicer"
+        # Q_PROPERTY majorVersion/minorVersion (Base/QTCore/qSlicerCoreApplication.h): the oldest Slicer supported.
+        self.majorVersion, self.minorVersion = 5, 10
 
     def __getattr__(self, name):
         return getattr(self._application, name)

@@ -276,3 +276,20 @@ def test_unknown_structure_gets_a_stable_colour_from_its_name():
 def test_snapshot_of_nothing_restores_nothing(segmentation):
     ResultSnapshot(segmentation).restore()
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 0
+
+
+def test_result_summary_names_volumes_misses_and_free_text_prompts():
+    """The status line after a result, from statistics shaped as the engine sends them (protocol ClassStats)."""
+    from medals.server.protocol import ClassStats
+    from medals.vocabulary import vocabulary_marks
+
+    from MedalSLib.results import result_summary
+
+    stats = {"liver": ClassStats(name="liver", voxels=1200, volume_ml=98.76, **vocabulary_marks("liver")),
+             "spleen": ClassStats(name="spleen", voxels=0, volume_ml=0.0, **vocabulary_marks("spleen")),
+             "pancraes": ClassStats(name="pancraes", voxels=40, volume_ml=3.2, **vocabulary_marks("pancraes"))}
+    summary = result_summary({prompt: info.model_dump() for prompt, info in stats.items()})
+    assert summary.startswith("liver: 98.8 ml; pancraes: 3.2 ml. Not found: spleen")
+    assert "'pancraes' is not in the vocabulary (did you mean 'pancreas'" in summary
+    assert "'liver' is not" not in summary and "'spleen' is not" not in summary
+    assert result_summary({}) == "nothing found"

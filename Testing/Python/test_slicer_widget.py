@@ -21,6 +21,7 @@ from weights_fixtures import folder_files, write_docker_archive, write_official_
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
+from MedalSLib import launcher
 from MedalSLib.client import ImageRef
 from MedalSLib.launcher import engine_command
 from MedalSLib.prompts import painted_masks, segments_by_prompt
@@ -168,7 +169,9 @@ def test_widget_engine_setup_failure_shows_a_dialog_not_a_traceback(app, monkeyp
 
     failing.PyTorchUtilsLogic = PyTorchUtilsLogic
     monkeypatch.setitem(sys.modules, "PyTorchUtils", failing)
-    monkeypatch.setitem(sys.modules, "medals", None)  # Slicer's Python has no engine yet
+    have = launcher.installed_version  # Slicer's Python has no torch yet (the set-up reads installed metadata)
+    monkeypatch.setattr(launcher, "installed_version",
+                        lambda name, path=None: None if name == "torch" else have(name, path))
     widget = open_module(app)
     widget.ui.engineModeComboBox.currentIndex = 0
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda *args, **kwargs: True)  # the user agrees
@@ -195,6 +198,19 @@ def test_widget_failing_local_engine_start(app, tmp_path, caplog):
     assert any("Start engine failed" in record.getMessage() for record in caplog.records)
     assert widget.ui.engineStatusLabel.text == "Not connected."
     assert not app.escaped.errors
+
+
+def test_widget_older_slicer_is_told_the_version_it_needs(app, monkeypatch, caplog):
+    """Slicer 5.8 (Python 3.9): Start engine says which Slicer is needed, before anything is installed."""
+    monkeypatch.setattr(slicer.app, "minorVersion", 8)
+    widget = open_module(app)
+    widget.ui.engineModeComboBox.currentIndex = 0
+    with caplog.at_level(logging.ERROR):
+        widget.ui.startEngineButton.click()
+        app.pump()
+    assert widget.ui.statusLabel.text.startswith("Start engine failed:")
+    assert "5.10" in widget.ui.statusLabel.text
+    assert widget._request is None and not app.escaped.errors
 
 
 # -- 7, 8: the embedded Segment Editor -----------------------------------------------------------------------------

@@ -292,3 +292,19 @@ def _resampled(image, footprint, outside: int = 0):
         image, footprint, resampled, False, False, None, outside)
     return resampled
 
+
+
+def result_summary(stats: dict[str, dict]) -> str:
+    """One status line for a result's per-prompt statistics (the engine's ClassStats): what was found and its
+    volume, what was not, and which prompts the engine read as free text outside its vocabulary."""
+    found = [f"{prompt}: {info['volume_ml']:.1f} ml" for prompt, info in stats.items() if info.get("voxels")]
+    summary = "; ".join(found) if found else "nothing found"
+    empty = [prompt for prompt, info in stats.items() if not info.get("voxels")]
+    if empty:
+        summary += f". Not found: {', '.join(empty)}"
+    for prompt, info in stats.items():
+        if info.get("in_vocabulary") is False:
+            closest = info.get("suggestions") or []
+            hint = f" (did you mean {' or '.join(repr(name) for name in closest)}?)" if closest else ""
+            summary += f". '{prompt}' is not in the vocabulary{hint}: segmented as free text, unchecked"
+    return summary
