@@ -176,25 +176,27 @@ class Check:
             one = in_child("medals.bench.gpu_windows:measure_window",
                            {**spec, "batch": 1, "repeats": self.sizes.repeats})
             what = f"{stage} {_size(crop)} N={classes}{' prompted' if prompted else ''}"
-            if one.get("out_of_memory"):
-                self.add(_row("forward", what, "one window does not fit", "", "FAIL"))
+            if "failed" in one:
+                self.add(_row("forward", f"{what} batch 1", one["failed"], "", "FAIL"))
                 continue
             window_mb = window_cost_mb(one["peak_mb"], one["baseline_mb"], crop)
             available = simulated_memory_mb(one["baseline_mb"], window_mb) if self.cpu else one["available_mb"]
-            batch, best = largest_batch(available, one["baseline_mb"], window_mb), one
+            batch, best, refused = largest_batch(available, one["baseline_mb"], window_mb), one, []
             while batch > 1:
                 best = in_child("medals.bench.gpu_windows:measure_window", {**spec, "batch": batch, "repeats": 1})
-                if not best.get("out_of_memory"):
+                if "failed" not in best:
                     break
+                refused.append(best)
                 batch, best = max(1, int(batch * BATCH_STEP_DOWN)), one
             results.append({"stage": stage, "crop": crop, "classes": classes, "prompted": prompted,
-                            "batch_1": one, "largest": best, "available_mb": available})
+                            "batch_1": one, "largest": best, "refused": refused, "available_mb": available})
             if classes == CLASSES:
                 self.window_memory[stage] = (available, one["baseline_mb"], window_mb)
             self.add(_row("forward", f"{what} batch 1", f"{one['seconds']:.3f} s/window, peak {_gb(one['peak_mb'])}"))
+            tried = "".join(f"; batch {r['batch']}: {r['failed']}" for r in refused)
             self.add(_row("forward", f"{what} batch {batch} (largest)",
                           f"{best['seconds'] / batch:.3f} s/window, peak {_gb(best['peak_mb'])} of "
-                          f"{_gb(available)} {'simulated' if self.cpu else 'free'}"))
+                          f"{_gb(available)} {'simulated' if self.cpu else 'free'}{tried}"))
         return {"windows": results}
 
     def _request_batch(self) -> int:
@@ -202,11 +204,9 @@ class Check:
         forward, by (b)'s figures (1 without them)."""
         from .gpu_windows import largest_batch, probabilities_mb
 
-        batches = [1]
-        for stage, (available, baseline, window) in self.window_memory.items():
-            crop = self.sizes.stages[stage].crop_size
-            batches.append(largest_batch(available, baseline, window + probabilities_mb(crop, CLASSES)))
-        return min(batches[1:] or batches)
+        return min((largest_batch(available, baseline, window + probabilities_mb(self.sizes.stages[stage].crop_size,
+                                                                               CLASSES))
+                    for stage, (available, baseline, window) in self.window_memory.items()), default=1)
 
     # (c)
     def two_stage(self) -> dict:
@@ -216,19 +216,24 @@ class Check:
                             self._spec(shape=list(self.sizes.ct_shape), spacing=list(CT_SPACING), classes=CLASSES,
                                        stages={name: config.to_dict() for name, config in self.sizes.stages.items()},
                                        window_batch=batch))
-            if "out_of_memory" not in data or batch == 1:
+            if "failed" not in data or batch == 1:
                 break
-            refused.append(batch)
+            refused.append({"batch": batch, **data})
             batch = max(1, batch // 2)
-        data["refused_batches"] = refused
-        if "out_of_memory" in data:
-            self.add(_row("two-stage", f"{CLASSES} classes at window batch 1", data["out_of_memory"], "", "FAIL"))
+        data["refused"] = refused
+        # A batch too large may end in the engine's OutOfMemory; anything else is a failure, as is the last try.
+        broken = [r for r in refused if r["error"] != "OutOfMemory"] + \
+            ([{"batch": batch, **data}] if "failed" in data else [])
+        for failure in broken:
+            self.add(_row("two-stage", f"{CLASSES} classes at window batch {failure['batch']}",
+                          f"{failure['error']}: {failure['failed']}", "", "FAIL"))
+        if "failed" in data:
             return data
         goal = f"≤ {P5_SECONDS:.0f} s"
         status = ("pass" if data["seconds"] <= P5_SECONDS else "missed") if self.on_p5_device else "info"
         stages = ", ".join(f"{name} {s['windows']} windows {s['seconds']:.1f} s" for name, s in data["stages"].items())
         ct = f"{_size(self.sizes.ct_shape[::-1])} CT"
-        after = f" (after out of memory at {', '.join(map(str, refused))})" if refused else ""
+        after = f" (after {', '.join(str(r['batch']) for r in refused)} failed)" if refused else ""
         self.add(_row("two-stage", f"{CLASSES} classes, {ct}, window batch {batch}{after}",
                       f"{data['seconds']:.1f} s array to labels ({stages}; fine region {_size(data['fine_region'])}), "
                       f"peak {_gb(data['peak_mb'])}", goal + ("" if self.on_p5_device else " H100/H200"), status))

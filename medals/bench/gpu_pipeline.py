@@ -66,8 +66,8 @@ def random_model(stages: dict, device):
 
 def measure_two_stage(spec: dict) -> dict:
     """Child: seconds from array to labels for `classes` prompts on a synthetic CT of `shape` at `spacing`,
-    windows and seconds per stage, the fine stage's region and the peak memory; `{"out_of_memory": message}` when
-    the window batch does not fit."""
+    windows and seconds per stage, the fine stage's region and the peak memory; `{"failed": message, "error":
+    class name}` when the request fails (OutOfMemory: the window batch does not fit)."""
     import torch
 
     from ..errors import OutOfMemory
@@ -91,8 +91,8 @@ def measure_two_stage(spec: dict) -> dict:
         start = time.perf_counter()
         result = segment(model, image, spacing, prompts, modality="ct", options=options, progress=progress,
                          device=device)
-    except OutOfMemory as error:
-        return {"out_of_memory": str(error)}
+    except (OutOfMemory, RuntimeError) as error:  # the engine's own message, or whatever escaped it
+        return {"failed": str(error).strip().splitlines()[0], "error": type(error).__name__}
     synchronize(device)
     seconds = time.perf_counter() - start
     previous = start

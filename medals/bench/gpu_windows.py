@@ -23,6 +23,10 @@ FREE_FRACTION = 0.9
 """Share of the memory left beside the network a batch estimate may use (fragmentation takes the rest)."""
 
 
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def available_memory_mb(device) -> float:
     """Free device memory (CUDA), or the machine's available memory (CPU)."""
     if device.type == "cuda":
@@ -75,7 +79,7 @@ def _setup(spec: dict):
 
 def measure_window(spec: dict) -> dict:
     """Child: seconds per batch of `spec["batch"]` windows (median of `repeats` after a batch-1 warm-up) and peak
-    memory; `{"out_of_memory": True}` when the batch does not fit."""
+    memory; `{"failed": message}` when the batch does not run (out of memory, or too large for a kernel)."""
     import torch
 
     from ..device import autocast
@@ -105,8 +109,8 @@ def measure_window(spec: dict) -> dict:
             start = time.perf_counter()
             run(batch)
             times.append(time.perf_counter() - start)
-    except torch.OutOfMemoryError:
-        return {"out_of_memory": True, "batch": batch}
+    except RuntimeError as error:  # out of memory, or a size some kernel cannot take
+        return {"failed": _first_line(error), "batch": batch}
     return {"batch": batch, "seconds": sorted(times)[len(times) // 2], "peak_mb": peak_memory_mb(device),
             "baseline_mb": baseline, "available_mb": available}
 
@@ -161,8 +165,8 @@ def measure_out_of_memory(spec: dict) -> dict:
         outcome["error"] = None
     except OutOfMemory as error:
         outcome["error"], outcome["message"] = "OutOfMemory", str(error)
-    except torch.OutOfMemoryError as error:  # escaped the engine: the user would see the allocator's text
-        outcome["error"], outcome["message"] = "torch.OutOfMemoryError", str(error).splitlines()[0]
+    except RuntimeError as error:  # escaped the engine: the user would see torch's own text
+        outcome["error"], outcome["message"] = f"{type(error).__module__}.{type(error).__name__}", _first_line(error)
     outcome["held_before_mb"], outcome["held_after_mb"] = held_before, current_memory_mb(device)
     repeat = request(net, window, 1)
     outcome["repeat_difference"] = float((repeat - first).abs().max())
