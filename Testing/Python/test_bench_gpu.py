@@ -80,11 +80,17 @@ def test_quick_check_gives_the_demo_models_cpu_labels(quick_run):
 
 def test_absent_fixtures_are_reported_with_where_to_point_the_check(tmp_path, capsys):
     output = tmp_path / "report.json"
-    assert main(["bench", "gpu", "--device", "cpu", "--only", "parity", "--parity-dir", str(tmp_path),
+    assert main(["bench", "gpu", "--device", "cpu", "--quick", "--only", "parity", "--parity-dir", str(tmp_path),
                  "-o", str(output)]) == 0
     row = json.loads(output.read_text())["rows"][0]
     assert row["status"] == "absent" and str(tmp_path) in row["value"] and "--parity-dir" in row["value"]
     assert "MEDALS_PARITY_DIR" in capsys.readouterr().out
+
+
+def test_official_sizes_are_refused_on_the_cpu_before_anything_runs(tmp_path, capsys):
+    output = tmp_path / "report.json"
+    assert main(["bench", "gpu", "--device", "cpu", "-o", str(output)]) == 2
+    assert "--quick" in capsys.readouterr().err and not output.exists()
 
 
 def test_largest_batch_uses_the_memory_beside_the_network():

@@ -121,9 +121,10 @@ class Check:
             count = len(self.report["rows"])
             try:
                 data = getattr(self, section.replace("-", "_"))()
-            except RuntimeError as error:  # a child broke: report its last words, go on with the next part
-                data = {"error": str(error)}
-                self.add(_row(section, f"{section} check broke", str(error).strip().splitlines()[-1], "", "error"))
+            except Exception as error:  # noqa: BLE001 — one broken part must not cost the others a (rare) GPU run
+                data = {"error": f"{type(error).__name__}: {error}"}
+                last_words = (str(error).strip().splitlines() or [""])[-1]
+                self.add(_row(section, f"{section} check broke", f"{type(error).__name__}: {last_words}", "", "error"))
             self.report["sections"][section] = {"seconds": round(time.perf_counter() - begun, 1), "data": data,
                                                 "rows": self.report["rows"][count:]}
             self.write()
@@ -158,7 +159,7 @@ class Check:
         for (fixture, precision), rows in groups.items():
             logit = max((r["logit_diff"] for r in rows if r["logit_diff"] is not None), default=None)
             value = ("" if logit is None else f"|Δlogit| {logit:.1e}  ") + \
-                f"|Δp| {max(r['probability_diff'] for r in rows):.1e}  ({len(rows)} outputs)"
+                f"|Δp| {max(r['probability_diff'] for r in rows):.1e}  (largest of {len(rows)})"
             if precision == "float32":
                 goal, status = f"≤ {rows[0]['tolerance']:.0e}", "pass" if all(r["passed"] for r in rows) else "FAIL"
             else:
@@ -271,8 +272,12 @@ class Check:
 
 def run_gpu_check(args) -> int:
     from ..device import pick_device
+    from ..errors import InputError
 
     device = pick_device(args.device)
+    if device.type != "cuda" and not args.quick:
+        raise InputError("medals bench gpu checks a CUDA device; on the CPU run it with --quick (the official sizes "
+                         "would take hours and over 12 GB there)")
     check = Check(device, QUICK if args.quick else FULL, args.quick, args.parity_dir, Path(args.output))
     return 0 if check.run(args.only or SECTIONS) else 1
 
