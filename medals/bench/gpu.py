@@ -62,7 +62,7 @@ FULL = Sizes(fixtures=("net_64", "net_96x64x32", "net_224"),
              repeats=3, ct_shape=(300, 512, 512), stages={"coarse": OFFICIAL_COARSE, "fine": OFFICIAL_FINE},
              memory_window=(OFFICIAL_FINE.crop_size, CLASSES), demo_crop=None)
 _SMALL = (32, 32, 32)
-QUICK = Sizes(fixtures=("net_64",), calls=("logits_mc",), pipeline_fixture=False, plan=TINY_PLAN,
+QUICK = Sizes(fixtures=("net_96x64x32",), calls=("logits_mc",), pipeline_fixture=False, plan=TINY_PLAN,
               windows=(("coarse", _SMALL, 2, False), ("coarse", _SMALL, CLASSES, False),
                        ("fine", _SMALL, CLASSES, True)),
               repeats=1, ct_shape=(40, 64, 64),
@@ -97,9 +97,17 @@ class Check:
         self.cpu = device.type != "cuda"
         self.report = {"medals": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
                        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-                       "device": describe(device), "quick": quick, "memory_simulated": self.cpu,
+                       "device": describe(device), "engine_precision": self._engine_precision(),
+                       "quick": quick, "memory_simulated": self.cpu,
                        "sections": {}, "rows": []}
         self.window_memory = {}  # stage → (available, baseline, window) MB found in (b) at 24 classes, for (c)
+
+    def _engine_precision(self) -> str:
+        """What the engine's own autocast (`medals.device.autocast`) runs (b) to (e) in on this device."""
+        from ..device import autocast
+
+        dtype = getattr(autocast(self.device), "fast_dtype", None)  # None: no autocast
+        return "float32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
 
     @property
     def on_p5_device(self) -> bool:
@@ -112,8 +120,9 @@ class Check:
     def run(self, sections) -> bool:
         device = self.report["device"]
         print(f"medals bench gpu{' --quick' if self.quick else ''}: {device['name']} ({device['device']}), torch "
-              f"{self.report['torch']}" + (f", CUDA {self.report['cuda']}" if not self.cpu else
-                                           "; CPU: memory is the process's peak RSS, the device's is simulated"))
+              f"{self.report['torch']}" + (f", CUDA {self.report['cuda']}" if not self.cpu else "") +
+              f"; the engine runs in {self.report['engine_precision']}" +
+              ("; CPU: memory is the process's peak RSS, the device's is simulated" if self.cpu else ""))
         print(f"    {'what':<52} {'goal':<11} {'status':<6} value")
         start = time.perf_counter()
         for section in sections:
