@@ -241,7 +241,8 @@ class Check:
             return data
         goal = f"≤ {P5_SECONDS:.0f} s"
         status = ("pass" if data["seconds"] <= P5_SECONDS else "missed") if self.on_p5_device else "info"
-        stages = ", ".join(f"{name} {s['windows']} windows {s['seconds']:.1f} s" for name, s in data["stages"].items())
+        stages = ", ".join(f"{name} {s['windows']} windows done at {s['done_at']:.1f} s"
+                           for name, s in data["stages"].items())
         ct = f"{_size(self.sizes.ct_shape[::-1])} CT"
         after = f" (after {', '.join(str(r['batch']) for r in refused)} failed)" if refused else ""
         self.add(_row("two-stage", f"{CLASSES} classes, {ct}, window batch {batch}{after}",
