@@ -1,44 +1,22 @@
-"""Shared test fixtures: the parity fixture folder and its deterministic weight generator."""
+"""Shared test fixtures: the parity fixture folder and its deterministic weight generator (medals.bench.parity)."""
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-from pathlib import Path
-
-import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def parity_dir() -> Path:
-    """Fixture folder: $MEDALS_PARITY_DIR, else ../shared/parity beside the project root."""
-    return Path(os.environ.get("MEDALS_PARITY_DIR", REPO_ROOT.parent / "shared" / "parity")).resolve()
+from medals.bench.parity import ParityFixtures, load_fixture  # noqa: F401  (tests import load_fixture from here)
 
 
 @pytest.fixture(scope="session")
-def parity() -> Path:
-    folder = parity_dir()
-    if not (folder / "weights.py").is_file():
-        raise FileNotFoundError(f"parity fixtures not found in {folder}; set MEDALS_PARITY_DIR")
-    return folder
+def parity_fixtures() -> ParityFixtures:
+    return ParityFixtures.find()
 
 
 @pytest.fixture(scope="session")
-def parity_weights(parity):
-    """`deterministic_state_dict(manifest_name, seed)` from the fixture folder's own weights.py."""
-    spec = importlib.util.spec_from_file_location("parity_weights", parity / "weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
-    def state_dict(manifest: str, seed: int = 0):
-        return module.deterministic_state_dict(json.loads((parity / manifest).read_text()), seed)
-
-    state_dict.module = module
-    return state_dict
+def parity(parity_fixtures):
+    return parity_fixtures.folder
 
 
-def load_fixture(folder: Path, name: str):
-    """(json metadata, npz arrays) of one fixture."""
-    return json.loads((folder / f"{name}.json").read_text()), np.load(folder / f"{name}.npz", allow_pickle=False)
+@pytest.fixture(scope="session")
+def parity_weights(parity_fixtures):
+    """`state_dict(manifest_name, seed)` from the fixture folder's own weights.py."""
+    return parity_fixtures.state_dict

@@ -9,19 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_fixture
+from medals.bench.parity import INTERMEDIATE_TOL, LOGITS_TOL
 from medals.config import NetConfig
 from medals.modeling import MedalSNet
-
-LOGITS_TOL = 1e-3
-INTERMEDIATE_TOL = 1e-4
-
-
-def build_parity_net(parity_weights, crop_size) -> MedalSNet:
-    net = MedalSNet(NetConfig(crop_size=tuple(crop_size))).eval()
-    result = net.load_state_dict(parity_weights("medals_net_keys.json", 0), strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
-    return net
 
 
 def tensors(arrays, *names):
@@ -39,9 +29,9 @@ def channel_stats(x: torch.Tensor):
 
 
 @pytest.fixture(scope="module", params=["net_64", "net_96x64x32"])
-def small_case(request, parity, parity_weights):
-    meta, arrays = load_fixture(parity, request.param)
-    net = build_parity_net(parity_weights, meta["image_size"])
+def small_case(request, parity_fixtures):
+    meta, arrays = parity_fixtures.load(request.param)
+    net = parity_fixtures.network(meta["image_size"])
     return request.param, net, arrays
 
 
@@ -88,7 +78,7 @@ def test_parity_token_grid_follows_crop_axis_order(small_case):
 
 
 @torch.no_grad()
-def test_training_mode_gives_deep_supervision_levels(parity_weights):
+def test_training_mode_gives_deep_supervision_levels():
     """With deep supervision the training forward returns logits at full, /2, /4 and /8 resolution."""
     torch.manual_seed(0)
     config = NetConfig(crop_size=(32, 32, 32), features=(8, 8, 16, 16, 32, 32), query_dim=48, heads=4,
@@ -117,10 +107,10 @@ def test_lean_inference_matches_autograd_path(batch):
 
 @pytest.mark.slow
 @torch.no_grad()
-def test_parity_full_size_stage1_forward(parity, parity_weights):
+def test_parity_full_size_stage1_forward(parity_fixtures):
     """One forward at the official stage-1 crop 224×224×128 with 2 queries and a fused prompt."""
-    meta, arrays = load_fixture(parity, "net_224")
-    net = build_parity_net(parity_weights, meta["image_size"])
+    meta, arrays = parity_fixtures.load("net_224")
+    net = parity_fixtures.network(meta["image_size"])
     queries, image, sc, mc = tensors(arrays, "queries", "image", "sc", "mc")
     skips = net.encode(image, sc)
     memory = net.image_tokens(skips)

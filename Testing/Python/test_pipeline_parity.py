@@ -11,54 +11,27 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_fixture
-from medals.config import NetConfig, StageConfig
-from medals.modeling import MedalSNet
+from medals.bench.parity import IMAGE_TOL, PIPELINE_LABEL_VALUES as LABEL_VALUES, PROBABILITY_TOL, first_half_blocks
 from medals.pipeline.axes import to_network_order, volume_to_array, volume_to_network
 from medals.pipeline.labels import assemble_labels, remove_small_components
 from medals.pipeline.resample import resample_labels, resample_probability
 from medals.pipeline.roi import box_slices, minimum_half_range, roi_box
 from medals.pipeline.sliding_window import Execution, stage_probabilities
-from medals.pipeline.stage import StageModel, plan_stage, prepare_image, prepare_prompt
+from medals.pipeline.stage import plan_stage, prepare_image, prepare_prompt
 from medals.pipeline.two_stage import segment_volume
 from medals.pipeline.windows import sliding_windows
 from medals.pipeline.zoom import repair_spacing
 
-IMAGE_TOL = 1e-3
-PROBABILITY_TOL = 1e-4
-LABEL_VALUES = (1, 2)
 
-
-def first_half_blocks(count: int) -> torch.Tensor:
-    """The fixture's block rule: `randperm` replaced by `arange`, so the first K//2 blocks (C order) are kept."""
-    return torch.arange(count)
+@pytest.fixture(scope="module")
+def case(parity_fixtures):
+    return parity_fixtures.load("pipeline_small")
 
 
 @pytest.fixture(scope="module")
-def case(parity):
-    return load_fixture(parity, "pipeline_small")
-
-
-@pytest.fixture(scope="module")
-def stages(case, parity_weights):
+def stages(case, parity_fixtures):
     """Coarse and fine stage models: fixture weights (seeds 1 and 3) with the README's logit-bias edit."""
-    meta, _ = case
-    built = {}
-    for name, key, seed, beta in zip(("coarse", "fine"), ("stage1", "stage2"), meta["stage_seeds"],
-                                     meta["logit_bias"]["beta"]):
-        state = parity_weights("medals_net_keys.json", seed)
-        channel = meta["logit_bias"]["channel"]
-        for alias in ("norm", "all_modules.1"):
-            state[f"fusion_conv.convs.0.{alias}.weight"][channel] = 0
-            state[f"fusion_conv.convs.0.{alias}.bias"][channel] = beta
-        state["mask_embed_proj.2.weight"][channel, :] = 0
-        state["mask_embed_proj.2.bias"][channel] = meta["logit_bias"]["pre_gelu"]
-        config = StageConfig(NetConfig(crop_size=tuple(meta["stages"][key]["crop"])),
-                             tuple(meta["stages"][key]["spacing"]))
-        net = MedalSNet(config.net).eval()
-        net.load_state_dict(state, strict=True)
-        built[name] = StageModel(net, config)
-    return built
+    return parity_fixtures.pipeline_stages(case[0])
 
 
 @pytest.fixture(scope="module")

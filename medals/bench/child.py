@@ -1,8 +1,8 @@
 """One measurement in a fresh process, so that its peak memory is its own.
 
 `in_child("package.module:function", spec)` runs `function(spec)` in a new Python and returns what it returned
-(JSON). `peak_memory_mb(device)` is what a measurement reports: the CUDA allocator's peak on a GPU, else the
-process's peak resident set size.
+(JSON). `peak_memory_mb(device)` is what a measurement reports: the CUDA allocator's peak on a GPU (since the last
+`reset_peak_memory`), else the process's peak resident set size (which never resets: one measurement per child).
 """
 from __future__ import annotations
 
@@ -27,6 +27,32 @@ def peak_memory_mb(device) -> float:
 
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def current_memory_mb(device) -> float:
+    """What the measurement holds now: the CUDA allocator's allocated bytes, else the resident set size."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.memory_allocated(device) / 2 ** 20
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2 ** 20
+
+
+def reset_peak_memory(device) -> None:
+    """Start a new peak (CUDA only; a CPU process's peak is its whole life)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work, so that a clock read afterwards has seen it finish."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def _main() -> None:
