@@ -13,8 +13,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def parity_dir() -> Path:
-    """Fixture folder: $MEDALS_PARITY_DIR, else ../shared/parity beside the project root."""
-    return Path(os.environ.get("MEDALS_PARITY_DIR", REPO_ROOT.parent / "shared" / "parity")).resolve()
+    """Fixture folder: $MEDALS_PARITY_DIR, else the set the repository carries (Testing/Data/parity)."""
+    return Path(os.environ.get("MEDALS_PARITY_DIR", REPO_ROOT / "Testing" / "Data" / "parity")).resolve()
 
 
 @pytest.fixture(scope="session")
