@@ -32,13 +32,31 @@ def parity_weights(parity):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
-    def state_dict(manifest: str, seed: int = 0):
+    def state_dict(manifest: str, seed: int):
         return module.deterministic_state_dict(json.loads((parity / manifest).read_text()), seed)
 
     state_dict.module = module
     return state_dict
 
 
+@pytest.fixture(scope="session")
+def parity_text_state(parity, parity_weights):
+    """The text encoder's weights at the seed the text fixture was recorded with."""
+    meta, _ = load_fixture(parity, "text")
+    return parity_weights("text_encoder_keys.json", meta["weights_seed"])
+
+
 def load_fixture(folder: Path, name: str):
     """(json metadata, npz arrays) of one fixture."""
     return json.loads((folder / f"{name}.json").read_text()), np.load(folder / f"{name}.npz", allow_pickle=False)
+
+
+def parity_cases(prefix: str, holding: str) -> list[str]:
+    """Names of the fixtures `<prefix>*` whose arrays include `holding`, found when tests are collected, so a
+    fixture set with other shapes (and so other names) is tested whole."""
+    folder = parity_dir()
+    names = sorted(path.stem for path in folder.glob(f"{prefix}*.npz")
+                   if holding in np.load(path, allow_pickle=False).files)
+    if not names:
+        raise FileNotFoundError(f"no {prefix}* fixture holding '{holding}' in {folder}; set MEDALS_PARITY_DIR")
+    return names
