@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import ModelConfig, NetConfig
 from ..errors import InputError
 from .install import install_official
-from .store import list_models, models_dir, resolve_model
+from .store import available_models, default_model_name, models_dir, resolve_model
 
 
 def human_size(size: int) -> str:
@@ -49,15 +49,18 @@ def run_import(args) -> int:
 
 
 def run_list(args) -> int:
-    models = list_models()
+    models = available_models()
     if not models:
         print(f"no models installed in {models_dir()}; install one with `medals weights import SOURCE`")
         return 0
-    rows = [("NAME", "STAGES", "TEXT TOWER", "SIZE")]
-    rows += [(m.name, describe_stages(m.config), m.config.text.tower, human_size(m.size_bytes)) for m in models]
+    rows = [("NAME", "SOURCE", "STAGES", "TEXT TOWER", "SIZE")]
+    rows += [(m.name, "bundled" if m.bundled else "installed", describe_stages(m.config), m.config.text.tower,
+              human_size(m.size_bytes)) for m in models]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    default = default_model_name()
+    print(f"default (no --model): {default}" if default else "several models installed: name one with --model")
     return 0
 
 
@@ -84,7 +87,8 @@ def register(subparsers) -> None:
                                "only for files from a trusted source)")
     importer.set_defaults(func=run_import)
 
-    lister = commands.add_parser("list", help="installed models: stages (crop @ spacing), text tower, size")
+    lister = commands.add_parser("list", help="installed and bundled models: stages (crop @ spacing), text tower, "
+                                              "size, and the one used when none is named")
     lister.set_defaults(func=run_list)
 
     path = commands.add_parser("path", help="print the folder of an installed model")
