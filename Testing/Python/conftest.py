@@ -25,18 +25,21 @@ def parity() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def parity_weights(parity):
-    """`deterministic_state_dict(manifest_name, seed)` from the fixture folder's own weights.py."""
-    spec = importlib.util.spec_from_file_location("parity_weights", parity / "weights.py")
+def weight_rule(folder: Path):
+    """`state_dict(manifest_name, seed)`: `deterministic_state_dict` from the fixture folder's own weights.py."""
+    spec = importlib.util.spec_from_file_location("parity_weights", folder / "weights.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
     def state_dict(manifest: str, seed: int):
-        return module.deterministic_state_dict(json.loads((parity / manifest).read_text()), seed)
+        return module.deterministic_state_dict(json.loads((folder / manifest).read_text()), seed)
 
-    state_dict.module = module
     return state_dict
+
+
+@pytest.fixture(scope="session")
+def parity_weights(parity):
+    return weight_rule(parity)
 
 
 @pytest.fixture(scope="session")

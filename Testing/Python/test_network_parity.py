@@ -12,6 +12,7 @@ import torch
 from conftest import load_fixture, parity_cases
 from medals.config import NetConfig
 from medals.modeling import MedalSNet
+from parity_sets import channel_stats
 
 LOGITS_TOL = 1e-3
 INTERMEDIATE_TOL = 1e-4
@@ -31,12 +32,6 @@ def tensors(arrays, *names):
 
 def max_diff(actual: torch.Tensor, expected) -> float:
     return float((actual.float() - torch.as_tensor(np.asarray(expected)).float()).abs().max())
-
-
-def channel_stats(x: torch.Tensor):
-    """Per-channel mean and population std over all voxels, as the fixtures store them."""
-    flat = x[0].flatten(1).double()
-    return flat.mean(1), flat.std(1, correction=0)
 
 
 @pytest.fixture(scope="module", params=parity_cases("net_", holding="logits_mc"))

@@ -2,9 +2,9 @@
 
 Weights, prompts, label values, crops and spacings come from the case's metadata. Each step gets the official
 input of that step (so one step's error cannot hide in another's), and one test runs the whole pipeline from
-`imgs` to `final_before_postprocess`. The official class-list post-processing that makes
-`segs` is not reproduced. Fixture arrays are (D, H, W) = (k, j, i) on the input grid and (h, w, d) on working grids;
-the fixture's `spacing` is in the official order (H, W, D).
+`imgs` to `final_before_postprocess`. The official class-list post-processing that makes `segs` is not
+reproduced. Fixture arrays are (D, H, W) = (k, j, i) on the input grid and (h, w, d) on working grids; the
+fixture's `spacing` is in the official order (H, W, D).
 """
 from __future__ import annotations
 
@@ -13,27 +13,20 @@ import pytest
 import torch
 
 from conftest import load_fixture, parity_cases
-from medals.config import NetConfig, StageConfig, TextConfig
-from medals.modeling import MedalSNet
-from medals.pipeline.axes import to_network_order, volume_to_array, volume_to_network
+from medals.pipeline.axes import to_network_order
 from medals.pipeline.labels import assemble_labels, remove_small_components
 from medals.pipeline.resample import resample_labels, resample_probability
 from medals.pipeline.roi import box_slices, minimum_half_range, roi_box
 from medals.pipeline.sliding_window import Execution, stage_probabilities
-from medals.pipeline.stage import StageModel, plan_stage, prepare_image, prepare_prompt
+from medals.pipeline.stage import plan_stage, prepare_image, prepare_prompt
 from medals.pipeline.two_stage import segment_volume
 from medals.pipeline.windows import sliding_windows
 from medals.pipeline.zoom import repair_spacing
-from medals.text import TextEncoder, load_official_state
+from parity_sets import first_half_blocks, hwd, kji, parity_stages, text_encoder, window_list
 
 IMAGE_TOL = 1e-3
 PROBABILITY_TOL = 1e-4
 QUERY_TOL = 1e-4
-
-
-def first_half_blocks(count: int) -> torch.Tensor:
-    """The fixture's block rule: `randperm` replaced by `arange`, so the first K//2 blocks (C order) are kept."""
-    return torch.arange(count)
 
 
 @pytest.fixture(scope="module", params=parity_cases("pipeline_", holding="final_before_postprocess"))
@@ -49,24 +42,7 @@ def label_values(case):
 
 @pytest.fixture(scope="module")
 def stages(case, parity_weights):
-    """Coarse and fine stage models: fixture weights at the case's stage seeds with the README's logit-bias edit."""
-    meta, _ = case
-    built = {}
-    for name, key, seed, beta in zip(("coarse", "fine"), ("stage1", "stage2"), meta["stage_seeds"],
-                                     meta["logit_bias"]["beta"]):
-        state = parity_weights("medals_net_keys.json", seed)
-        channel = meta["logit_bias"]["channel"]
-        for alias in ("norm", "all_modules.1"):
-            state[f"fusion_conv.convs.0.{alias}.weight"][channel] = 0
-            state[f"fusion_conv.convs.0.{alias}.bias"][channel] = beta
-        state["mask_embed_proj.2.weight"][channel, :] = 0
-        state["mask_embed_proj.2.bias"][channel] = meta["logit_bias"]["pre_gelu"]
-        config = StageConfig(NetConfig(crop_size=tuple(meta["stages"][key]["crop"])),
-                             tuple(meta["stages"][key]["spacing"]))
-        net = MedalSNet(config.net).eval()
-        net.load_state_dict(state, strict=True)
-        built[name] = StageModel(net, config)
-    return built
+    return parity_stages(case[0], parity_weights)
 
 
 @pytest.fixture(scope="module")
@@ -85,18 +61,9 @@ def queries(case):
 def test_parity_queries_from_the_prompts(case, parity, parity_weights):
     """Both stages' queries are the text encoder's (the case's text seed) for the prompts and the modality."""
     meta, arrays = case
-    encoder = TextEncoder(TextConfig(), parity / "tiny_mpnet")
-    load_official_state(encoder, parity_weights("text_encoder_keys.json", meta["text_seed"]))
+    encoder = text_encoder(parity, parity_weights, meta["text_seed"])
     queries = encoder.encode(list(meta["prompts"].values()), meta["modality"])
     assert float((queries - torch.from_numpy(arrays["queries"])).abs().max()) <= QUERY_TOL
-
-
-def hwd(volume: np.ndarray) -> torch.Tensor:
-    return volume_to_network(torch.from_numpy(volume))
-
-
-def kji(volume: torch.Tensor) -> np.ndarray:
-    return volume_to_array(volume).numpy()
 
 
 def roi_plan(case, spacing, stages, label_values):
@@ -104,10 +71,6 @@ def roi_plan(case, spacing, stages, label_values):
     index = box_slices(tuple(arrays["roi_box"]))
     shape = to_network_order(arrays["imgs"][index].shape)
     return index, plan_stage(shape, to_network_order(spacing), stages["fine"].config, len(label_values))
-
-
-def window_list(plan):
-    return [[bound for s in window for bound in (s.start, s.stop)] for window in plan.windows]
 
 
 def test_parity_spacing_repair(case, spacing):
