@@ -109,6 +109,12 @@ def test_missing_stage_file_is_reported(tiny):
         load_model("tiny")
 
 
+def test_an_installed_model_named_with_a_damaged_config_reports_the_config(tiny):
+    (tiny / "config.json").write_text("{")
+    with pytest.raises(WeightsError, match=r"config\.json: invalid model config"):
+        load_model("tiny")
+
+
 def test_config_of_another_format_is_reported(tiny):
     config = json.loads((tiny / "config.json").read_text())
     (tiny / "config.json").write_text(json.dumps({**config, "format": "other/9"}))

@@ -91,6 +91,6 @@ def register(subparsers) -> None:
                                               "size, and the one used when none is named")
     lister.set_defaults(func=run_list)
 
-    path = commands.add_parser("path", help="print the folder of an installed model")
+    path = commands.add_parser("path", help="print the folder of a model (installed or bundled)")
     path.add_argument("name")
     path.set_defaults(func=run_path)

@@ -126,11 +126,10 @@ def resolve_model(name_or_path, home: Path | None = None) -> Path:
     if (candidate / CONFIG_FILE).is_file():
         return candidate
     name = str(name_or_path)
-    models = available_models(home)
-    for model in models:
-        if model.name == name:
-            return model.path
-    raise ModelNotFound(f"no model {name!r} ({describe_models(models, home)}); "
+    for root in (models_dir(home), BUNDLED_DIR):
+        if MODEL_NAME.fullmatch(name) and (root / name / CONFIG_FILE).is_file():
+            return root / name
+    raise ModelNotFound(f"no model {name!r} ({describe_models(available_models(home), home)}); "
                         "install one with `medals weights import SOURCE`")
 
 
