@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import load_fixture
+from conftest import load_fixture, parity_cases
 from medals.errors import InputError
 from medals.io import (Volume, case_name, kji_spacing_to_npz, list_volume_files, npz_spacing_to_kji, read_labels,
                        read_volume, write_labels, write_volume)
@@ -108,15 +108,15 @@ def test_dicom_folder_with_two_series_reads_the_larger(tmp_path):
     assert read_volume(tmp_path).shape == large.shape
 
 
-def test_npz_spacing_order_matches_the_parity_case(parity):
-    meta, arrays = load_fixture(parity, "pipeline_small")
-    read = read_volume(parity / "pipeline_small.npz")
-    assert read.shape == (40, 136, 112)
-    # stored (5.0, 1.5, 1.5) in (H, W, D) order: the 5 mm belongs to H = j.
-    assert read.spacing == (1.5, 5.0, 1.5)
-    # The official repair swaps the thin axis D=k (40 slices) with the coarsest one; in (D, H, W) order that is
-    # roi_spacing_dhw, and the same spacing back in npz order is the stored repaired spacing.
-    assert tuple(meta["roi_spacing_dhw"]) == (5.0, 1.5, 1.5)
+@pytest.mark.parametrize("name", parity_cases("pipeline_", holding="imgs"))
+def test_npz_spacing_order_matches_the_parity_case(parity, name):
+    meta, arrays = load_fixture(parity, name)
+    read = read_volume(parity / f"{name}.npz")
+    assert read.shape == arrays["imgs"].shape
+    # stored in (H, W, D) order: spacing[0] belongs to H = j, spacing[2] to D = k.
+    h, w, d = arrays["spacing"].tolist()
+    assert read.spacing == (d, h, w)
+    # The official code's (D, H, W) spacing after its repair, back in npz order, is the stored repaired spacing.
     assert kji_spacing_to_npz(meta["roi_spacing_dhw"]) == tuple(meta["repaired_spacing"])
 
 

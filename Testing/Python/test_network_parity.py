@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_fixture, parity_cases
 from medals.bench.parity import INTERMEDIATE_TOL, LOGITS_TOL
 from medals.config import NetConfig
 from medals.modeling import MedalSNet
+from parity_sets import channel_stats
 
 
 def tensors(arrays, *names):
@@ -22,16 +24,10 @@ def max_diff(actual: torch.Tensor, expected) -> float:
     return float((actual.float() - torch.as_tensor(np.asarray(expected)).float()).abs().max())
 
 
-def channel_stats(x: torch.Tensor):
-    """Per-channel mean and population std over all voxels, as the fixtures store them."""
-    flat = x[0].flatten(1).double()
-    return flat.mean(1), flat.std(1, correction=0)
-
-
-@pytest.fixture(scope="module", params=["net_64", "net_96x64x32"])
-def small_case(request, parity_fixtures):
-    meta, arrays = parity_fixtures.load(request.param)
-    net = parity_fixtures.network(meta["image_size"])
+@pytest.fixture(scope="module", params=parity_cases("net_", holding="logits_mc"))
+def small_case(request, parity, parity_fixtures):
+    meta, arrays = load_fixture(parity, request.param)
+    net = parity_fixtures.network(meta)
     return request.param, net, arrays
 
 
@@ -78,7 +74,7 @@ def test_parity_token_grid_follows_crop_axis_order(small_case):
 
 
 @torch.no_grad()
-def test_training_mode_gives_deep_supervision_levels():
+def test_training_mode_gives_deep_supervision_levels(parity_weights):
     """With deep supervision the training forward returns logits at full, /2, /4 and /8 resolution."""
     torch.manual_seed(0)
     config = NetConfig(crop_size=(32, 32, 32), features=(8, 8, 16, 16, 32, 32), query_dim=48, heads=4,
@@ -106,11 +102,13 @@ def test_lean_inference_matches_autograd_path(batch):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", parity_cases("net_", holding="logits_mc_sub4"))
 @torch.no_grad()
-def test_parity_full_size_stage1_forward(parity_fixtures):
-    """One forward at the official stage-1 crop 224×224×128 with 2 queries and a fused prompt."""
-    meta, arrays = parity_fixtures.load("net_224")
-    net = parity_fixtures.network(meta["image_size"])
+def test_parity_full_size_stage1_forward(parity, parity_fixtures, name):
+    """One forward at the official stage-1 crop (224×224×128 in the recorded set) with a fused prompt; the
+    logits are checked subsampled, at sample points and through per-query statistics."""
+    meta, arrays = load_fixture(parity, name)
+    net = parity_fixtures.network(meta)
     queries, image, sc, mc = tensors(arrays, "queries", "image", "sc", "mc")
     skips = net.encode(image, sc)
     memory = net.image_tokens(skips)

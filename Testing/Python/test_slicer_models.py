@@ -12,7 +12,7 @@ from weights_fixtures import SMALL_PLAN, folder_files, write_docker_archive, wri
 
 from MedalSLib.models import ModelsError, import_command, import_weights, list_models, parse_model_list
 
-from medals.weights.store import BUNDLED_MODELS, resolve_model
+from medals.weights.store import BUNDLED_DIR, resolve_model
 from medals.weights.testing import make_tiny_model
 
 CHECKPOINTS = "workspace/checkpoints"
@@ -47,13 +47,13 @@ def test_list_has_the_bundled_demo_model_then_the_installed_ones(home, env):
     make_tiny_model(home / "models" / "tiny")
     models = list_models(sys.executable, env)
     assert [(m.name, m.bundled) for m in models] == [("medals-demo", True), ("tiny", False)]
-    assert models[0].path == str(BUNDLED_MODELS / "medals-demo")
+    assert models[0].path == str(BUNDLED_DIR / "medals-demo")
     assert models[1].stages.startswith("coarse 32x32x32 @ 3x3x3 mm") and models[1].size_bytes > 0
     assert "bundled demo" in models[0].label and "GB" in models[1].label
 
 
 def test_bundled_model_is_served_by_name_and_an_installed_one_of_that_name_wins(home):
-    assert resolve_model("medals-demo", home) == BUNDLED_MODELS / "medals-demo"
+    assert resolve_model("medals-demo", home) == BUNDLED_DIR / "medals-demo"
     make_tiny_model(home / "models" / "medals-demo")
     assert resolve_model("medals-demo", home) == home / "models" / "medals-demo"
 

@@ -1,7 +1,7 @@
 """The text encoder reproduces the official Knowledge_Encoder, loads its checkpoints, caches and validates.
 
-Parity: `tiny_mpnet` (a 2-layer MPNet) with the fixture folder's deterministic seed-0 weights, loaded
-through `load_official_state`; tolerance 1e-4 as in the parity README (observed ≈ 1.5e-6).
+Parity: `tiny_mpnet` (a 2-layer MPNet) with the fixture folder's deterministic weights at the text fixture's seed,
+loaded through `load_official_state`; tolerance 1e-4 as in the parity README (observed ≈ 1.5e-6).
 """
 from __future__ import annotations
 
@@ -19,14 +19,9 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def official_state(parity_weights):
-    return parity_weights("text_encoder_keys.json", 0)
-
-
-@pytest.fixture(scope="module")
-def parity_encoder(parity, official_state):
+def parity_encoder(parity, parity_text_state):
     encoder = TextEncoder(TextConfig(), parity / "tiny_mpnet")
-    load_official_state(encoder, official_state)
+    load_official_state(encoder, parity_text_state)
     return encoder
 
 
@@ -57,15 +52,17 @@ def test_text_parity_pooled_features(parity_encoder, text_fixture):
 def test_text_parity_batched_queries_for_each_modality_code(parity_encoder, text_fixture):
     meta, arrays = text_fixture
     with torch.no_grad():
-        queries = np.stack([parity_encoder(meta["prompts"], torch.tensor([code])).numpy() for code in range(5)])
+        queries = np.stack([parity_encoder(meta["prompts"], torch.tensor([code])).numpy()
+                            for code in sorted(meta["modality_codes"].values())])
     np.testing.assert_allclose(queries, arrays["queries"], rtol=0, atol=TOL)
 
 
 def test_text_parity_encode_one_prompt_at_a_time(parity_encoder, text_fixture):
     meta, arrays = text_fixture
+    modalities = sorted(meta["modality_codes"], key=meta["modality_codes"].get)
     queries = np.stack([np.concatenate([parity_encoder.encode([prompt], modality).numpy()
                                         for prompt in meta["prompts"]])
-                        for modality in MODALITIES])
+                        for modality in modalities])
     np.testing.assert_allclose(queries, arrays["queries_single"], rtol=0, atol=TOL)
 
 
@@ -111,10 +108,10 @@ def test_encode_cache_key_includes_the_modality(encoder):
     torch.testing.assert_close(mri[0] - ct[0], expected_shift.detach())
 
 
-def test_loading_weights_invalidates_cached_embeddings(encoder, official_state):
+def test_loading_weights_invalidates_cached_embeddings(encoder, parity_text_state):
     calls = count_tower_calls(encoder)
     before = encoder.encode(["liver"], "ct")
-    load_official_state(encoder, official_state)
+    load_official_state(encoder, parity_text_state)
     after = encoder.encode(["liver"], "ct")
     assert calls == [1, 1]
     assert not torch.allclose(before, after)
@@ -149,28 +146,29 @@ def test_encode_refuses_an_unknown_modality_listing_the_valid_ones(encoder):
         encoder.encode(["liver"], "xray")
 
 
-def test_official_state_loads_with_ddp_prefix_and_ignores_extra_keys(encoder, official_state):
-    checkpoint = {"model_state_dict": {f"module.{key}": value for key, value in official_state.items()}}
+def test_official_state_loads_with_ddp_prefix_and_ignores_extra_keys(encoder, parity_text_state):
+    checkpoint = {"model_state_dict": {f"module.{key}": value for key, value in parity_text_state.items()}}
     checkpoint["model_state_dict"].update({
         "module.text_tower.biolord.embeddings.position_ids": torch.arange(514)[None],
         "module.atlas_tower.encoder.weight": torch.zeros(3, 3),
         "module.temperature": torch.tensor(0.07),
     })
     load_official_state(encoder, checkpoint)
-    torch.testing.assert_close(encoder.projection_layer[0].bias, official_state["projection_layer.0.bias"],
+    torch.testing.assert_close(encoder.projection_layer[0].bias, parity_text_state["projection_layer.0.bias"],
                                rtol=0, atol=0)
     torch.testing.assert_close(encoder.text_tower.biolord.embeddings.word_embeddings.weight,
-                               official_state["text_tower.biolord.embeddings.word_embeddings.weight"], rtol=0, atol=0)
+                               parity_text_state["text_tower.biolord.embeddings.word_embeddings.weight"],
+                               rtol=0, atol=0)
 
 
-def test_official_state_names_the_first_missing_key(encoder, official_state):
-    state = {key: value for key, value in official_state.items() if key != "modality_embed.weight"}
+def test_official_state_names_the_first_missing_key(encoder, parity_text_state):
+    state = {key: value for key, value in parity_text_state.items() if key != "modality_embed.weight"}
     with pytest.raises(WeightsError, match="^text encoder weights lack modality_embed.weight$"):
         load_official_state(encoder, state)
 
 
-def test_official_state_names_a_mis_shaped_key(encoder, official_state):
-    state = dict(official_state, **{"projection_layer.2.weight": torch.zeros(768, 384)})
+def test_official_state_names_a_mis_shaped_key(encoder, parity_text_state):
+    state = dict(parity_text_state, **{"projection_layer.2.weight": torch.zeros(768, 384)})
     with pytest.raises(WeightsError, match=r"projection_layer.2.weight has shape \[768, 384\], expected \[768, 768\]"):
         load_official_state(encoder, state)
 

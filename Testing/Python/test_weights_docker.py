@@ -17,8 +17,8 @@ CHECKPOINTS = "workspace/checkpoints"
 
 
 @pytest.fixture
-def official(tmp_path, parity, parity_weights):
-    return write_official_folder(tmp_path / "release", parity, parity_weights("text_encoder_keys.json", 0))
+def official(tmp_path, parity, parity_text_state):
+    return write_official_folder(tmp_path / "release", parity, parity_text_state)
 
 
 @pytest.fixture

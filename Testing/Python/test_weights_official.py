@@ -18,13 +18,8 @@ from weights_fixtures import COARSE_NAME, FINE_NAME, SMALL_PLAN, save_checkpoint
 
 
 @pytest.fixture
-def text_state(parity_weights):
-    return parity_weights("text_encoder_keys.json", 0)
-
-
-@pytest.fixture
-def official(tmp_path, parity, text_state):
-    return write_official_folder(tmp_path / "checkpoints", parity, text_state)
+def official(tmp_path, parity, parity_text_state):
+    return write_official_folder(tmp_path / "checkpoints", parity, parity_text_state)
 
 
 @pytest.fixture
@@ -59,7 +54,7 @@ def test_larger_spacing_is_the_coarse_stage(tmp_path):
     assert assign_stages([fine, coarse]) == {"coarse": coarse, "fine": fine}
 
 
-def test_folder_import_round_trips_every_tensor(official, home, text_state):
+def test_folder_import_round_trips_every_tensor(official, home, parity_text_state):
     installed = install_official(official, "official", plan=SMALL_PLAN)
     model = load_model("official")
     assert installed.path == home / "models" / "official"
@@ -72,8 +67,8 @@ def test_folder_import_round_trips_every_tensor(official, home, text_state):
         assert set(loaded) == {k.removeprefix("module.") for k in source if "mid_mask_embed_proj" not in k}
         assert all(torch.equal(loaded[k], source[f"module.{k}"]) for k in loaded)
     loaded_text = model.text_encoder.state_dict()
-    assert set(loaded_text) == set(text_state)
-    assert all(torch.equal(loaded_text[k], text_state[k]) for k in text_state)
+    assert set(loaded_text) == set(parity_text_state)
+    assert all(torch.equal(loaded_text[k], parity_text_state[k]) for k in parity_text_state)
 
 
 def test_imported_model_is_ready_for_inference(official, home):

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from medals.cli import main
 from medals.errors import ModelNotFound, WeightsError
-from medals.weights import list_models, load_model, medals_home, resolve_model, save_model
+from medals.weights import list_models, load_model, medals_home, resolve_model, save_model, store
 from medals.weights.testing import make_tiny_model
 
 
@@ -38,7 +38,8 @@ def test_installed_models_are_listed_and_partial_installs_are_not(tiny, home):
 
 
 def test_unknown_model_names_the_installed_ones(tiny):
-    with pytest.raises(ModelNotFound, match=r"no model 'official' \(installed in .*/models: tiny\)"):
+    with pytest.raises(ModelNotFound,
+                       match=r"no model 'official' \(installed in .*/models: tiny; bundled: medals-demo\)"):
         resolve_model("official")
 
 
@@ -108,6 +109,12 @@ def test_missing_stage_file_is_reported(tiny):
         load_model("tiny")
 
 
+def test_an_installed_model_named_with_a_damaged_config_reports_the_config(tiny):
+    (tiny / "config.json").write_text("{")
+    with pytest.raises(WeightsError, match=r"config\.json: invalid model config"):
+        load_model("tiny")
+
+
 def test_config_of_another_format_is_reported(tiny):
     config = json.loads((tiny / "config.json").read_text())
     (tiny / "config.json").write_text(json.dumps({**config, "format": "other/9"}))
@@ -117,13 +124,15 @@ def test_config_of_another_format_is_reported(tiny):
 
 def test_cli_list_shows_stages_tower_and_size(tiny, capsys):
     assert main(["weights", "list"]) == 0
-    header, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["NAME", "STAGES", "TEXT", "TOWER", "SIZE"]
-    assert row.startswith("tiny  coarse 32x32x32 @ 3x3x3 mm, fine 32x32x32 @ 1.5x1.5x1.5 mm  tiny-mpnet")
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert header.split() == ["NAME", "SOURCE", "STAGES", "TEXT", "TOWER", "SIZE"]
+    assert row.startswith("tiny         installed  coarse 32x32x32 @ 3x3x3 mm, fine 32x32x32 @ 1.5x1.5x1.5 mm  "
+                          "tiny-mpnet")
     assert row.endswith(" MB")
 
 
-def test_cli_list_without_models_says_how_to_install(home, capsys):
+def test_cli_list_without_models_says_how_to_install(home, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(store, "BUNDLED_DIR", tmp_path / "no-bundled-models")
     assert main(["weights", "list"]) == 0
     assert "no models installed" in capsys.readouterr().out
 
@@ -171,14 +180,3 @@ def test_a_packaged_text_tower_is_neither_copied_nor_stored_and_loads_from_its_p
     loaded = load_model(folder)
     for key, value in encoder.state_dict().items():
         assert torch.equal(loaded.text_encoder.state_dict()[key], value), key
-
-
-def test_no_name_means_the_only_installed_model_and_is_refused_among_several(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDALS_HOME", str(tmp_path))
-    with pytest.raises(ModelNotFound, match="installed in .*: none"):
-        resolve_model(None)
-    only = make_tiny_model(tmp_path / "models" / "tiny")
-    assert resolve_model(None) == only
-    make_tiny_model(tmp_path / "models" / "other", name="other")
-    with pytest.raises(ModelNotFound, match="name the model with --model .*other, tiny"):
-        resolve_model(None)

@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from .parity import LOGITS_TOL, PIPELINE_LABEL_VALUES, PROBABILITY_TOL, ParityFixtures, first_half_blocks
+from .parity import LOGITS_TOL, PROBABILITY_TOL, ParityFixtures, first_half_blocks, label_values
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 NETWORK_CALLS = ("logits_mc", "logits_sc", "logits_none", "logits_zero_prompts")
@@ -73,7 +73,7 @@ def _network_outputs(name: str, arrays, net, device, calls) -> dict:
     return {call: net(queries, image, *prompts[call]) for call in calls}
 
 
-def _pipeline_probabilities(stages: dict, arrays, device, name: str) -> dict:
+def _pipeline_probabilities(stages: dict, meta: dict, arrays, device, name: str) -> dict:
     """Coarse and fine probabilities of `pipeline_small`, each stage on its official working image."""
     from ..pipeline.sliding_window import Execution, stage_probabilities
     from ..pipeline.windows import sliding_windows
@@ -86,7 +86,7 @@ def _pipeline_probabilities(stages: dict, arrays, device, name: str) -> dict:
         windows = sliding_windows(image.shape, stages[stage].config.crop_size)
         execution = Execution(device, block_permutation=blocks) if blocks else Execution(device)
         net = InPrecision(stages[stage].net.to(device), device, name)
-        outputs[f"{key}_prob"] = stage_probabilities(net, queries, image, windows, PIPELINE_LABEL_VALUES, prompt,
+        outputs[f"{key}_prob"] = stage_probabilities(net, queries, image, windows, label_values(meta), prompt,
                                                      execution=execution, stage=stage)
     return outputs
 
@@ -107,7 +107,7 @@ def measure_parity(spec: dict) -> dict:
 
     for fixture in spec["fixtures"]:
         meta, arrays = fixtures.load(fixture)
-        net = fixtures.network(meta["image_size"]).to(device)
+        net = fixtures.network(meta).to(device)
         for name in precisions(device):
             with torch.no_grad(), precision(device, name):
                 outputs = _network_outputs(fixture, arrays, net, device, spec["calls"])
@@ -118,6 +118,6 @@ def measure_parity(spec: dict) -> dict:
         meta, arrays = fixtures.load("pipeline_small")
         stages = fixtures.pipeline_stages(meta)
         for name in precisions(device):
-            for output, actual in _pipeline_probabilities(stages, arrays, device, name).items():
+            for output, actual in _pipeline_probabilities(stages, meta, arrays, device, name).items():
                 add("pipeline_small", output, name, actual, arrays[output], logits=False)
     return {"folder": str(fixtures.folder), "rows": rows}

@@ -1,4 +1,4 @@
-"""`medals info`: engine version, device and installed models."""
+"""`medals info`: engine version, device, the models (installed and bundled) and the one used by default."""
 from __future__ import annotations
 
 import json
@@ -7,12 +7,15 @@ import torch
 
 from .. import __version__
 from ..device import describe, pick_device
-from ..weights import list_models
+from ..weights import available_models, default_model_name
 
 
 def engine_report(device: torch.device) -> dict:
+    models = available_models()
     return {"medals": __version__, "torch": torch.__version__, **describe(device),
-            "installed_models": [model.name for model in list_models()]}
+            "installed_models": [model.name for model in models if not model.bundled],
+            "bundled_models": [model.name for model in models if model.bundled],
+            "default_model": default_model_name()}
 
 
 def run_info(args) -> int:
@@ -21,6 +24,6 @@ def run_info(args) -> int:
 
 
 def register(subparsers) -> None:
-    info = subparsers.add_parser("info", help="engine version, device and installed models")
+    info = subparsers.add_parser("info", help="engine version, device, installed and bundled models")
     info.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
     info.set_defaults(func=run_info)

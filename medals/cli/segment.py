@@ -277,7 +277,8 @@ def register(subparsers) -> None:
                         help="a seed mask for a prompt's label on the image grid (hybrid mode); repeatable")
     parser.add_argument("--modality", help="ct, mri, us, pet or microscopy (default: from the prompts, then the "
                                            "image)")
-    parser.add_argument("--model", help="installed model name or model folder (default: the only installed one)")
+    parser.add_argument("--model", help="model name or model folder (default: the only installed model, else the "
+                                        "bundled demo model)")
     parser.add_argument("-o", "--output", required=True,
                         help="label map file (format from its extension), or a folder for a folder of images")
     parser.add_argument("--report", help="JSON report path (default: beside the output)")

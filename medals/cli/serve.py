@@ -127,8 +127,8 @@ def register(subparsers) -> None:
                        help=f"bearer token clients must send (default: ${TOKEN_VARIABLE}; prefer the variable, a "
                             "command line is visible to other users)")
     serve.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
-    serve.add_argument("--model", default=None, help="installed model name or model folder (default: the "
-                                                     "default installed model)")
+    serve.add_argument("--model", default=None, help="model name or model folder (default: the only installed "
+                                                     "model, else the bundled demo model)")
     serve.add_argument("--cache-mb", type=float, default=defaults.cache_bytes // MIB,
                        help="memory for uploaded images, least recently used dropped first")
     serve.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes // MIB,

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import ModelConfig, NetConfig
 from ..errors import InputError
 from .install import install_official
-from .store import bundled_models, list_models, models_dir, resolve_model
+from .store import available_models, default_model_name, models_dir, resolve_model
 
 
 def human_size(size: int) -> str:
@@ -48,26 +48,30 @@ def run_import(args) -> int:
     return 0
 
 
-def model_record(model, bundled: bool) -> dict:
+def model_record(model) -> dict:
     """One model as `medals weights list --json` describes it."""
-    return {"name": model.name, "path": str(model.path), "bundled": bundled, "stages": describe_stages(model.config),
-            "text_tower": model.config.text.tower, "size_bytes": model.size_bytes}
+    return {"name": model.name, "path": str(model.path), "bundled": model.bundled,
+            "stages": describe_stages(model.config), "text_tower": model.config.text.tower,
+            "size_bytes": model.size_bytes}
 
 
 def run_list(args) -> int:
+    models = available_models()
     if args.json:
-        records = [model_record(m, True) for m in bundled_models()] + [model_record(m, False) for m in list_models()]
-        print(json.dumps({"models_dir": str(models_dir()), "models": records}))
+        print(json.dumps({"models_dir": str(models_dir()), "default": default_model_name(),
+                          "models": [model_record(model) for model in models]}))
         return 0
-    models = list_models()
     if not models:
         print(f"no models installed in {models_dir()}; install one with `medals weights import SOURCE`")
         return 0
-    rows = [("NAME", "STAGES", "TEXT TOWER", "SIZE")]
-    rows += [(m.name, describe_stages(m.config), m.config.text.tower, human_size(m.size_bytes)) for m in models]
+    rows = [("NAME", "SOURCE", "STAGES", "TEXT TOWER", "SIZE")]
+    rows += [(m.name, "bundled" if m.bundled else "installed", describe_stages(m.config), m.config.text.tower,
+              human_size(m.size_bytes)) for m in models]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    default = default_model_name()
+    print(f"default (no --model): {default}" if default else "several models installed: name one with --model")
     return 0
 
 
@@ -94,11 +98,12 @@ def register(subparsers) -> None:
                                "only for files from a trusted source)")
     importer.set_defaults(func=run_import)
 
-    lister = commands.add_parser("list", help="installed models: stages (crop @ spacing), text tower, size")
-    lister.add_argument("--json", action="store_true",
-                        help="as JSON, with the models shipped inside the package (bundled: true)")
+    lister = commands.add_parser("list", help="installed and bundled models: stages (crop @ spacing), text tower, "
+                                              "size, and the one used when none is named")
+    lister.add_argument("--json", action="store_true", help="as JSON (bundled: true for a model shipped inside "
+                                                            "the package)")
     lister.set_defaults(func=run_list)
 
-    path = commands.add_parser("path", help="print the folder of an installed model")
+    path = commands.add_parser("path", help="print the folder of a model (installed or bundled)")
     path.add_argument("name")
     path.set_defaults(func=run_path)

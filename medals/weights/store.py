@@ -2,6 +2,8 @@
 
 `$MEDALS_HOME` defaults to the per-user cache (`$XDG_CACHE_HOME/medals`, i.e. `~/.cache/medals`, on Linux and
 macOS; `%LOCALAPPDATA%\\medals` on Windows). Folders whose name starts with "." are installs in progress.
+Models shipped inside the package (`medals/models/`, the demo model) are found by name like installed ones; an
+installed model of the same name, or any installed model when none is named, comes first.
 """
 from __future__ import annotations
 
@@ -14,9 +16,8 @@ from ..config import ModelConfig
 from ..errors import InputError, ModelNotFound, WeightsError
 
 CONFIG_FILE = "config.json"
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "models"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
-"""Models shipped inside the package (the demo model): served by name like installed ones, never in the store."""
 
 
 def medals_home() -> Path:
@@ -58,21 +59,21 @@ def folder_size(folder: Path) -> int:
 
 @dataclass(frozen=True)
 class InstalledModel:
-    """A model in the store: its name, folder and configuration."""
+    """A model in the store, or bundled with the package: its name, folder and configuration."""
 
     name: str
     path: Path
     config: ModelConfig
+    bundled: bool = False
 
     @property
     def size_bytes(self) -> int:
         return folder_size(self.path)
 
 
-def list_models(home: Path | None = None, folder: Path | None = None) -> list[InstalledModel]:
-    """Installed models, sorted by name (folders without a readable config.json are left out); `folder` lists
-    another folder of model folders than the store's."""
-    root = folder or models_dir(home)
+def models_in(root: Path, bundled: bool = False) -> list[InstalledModel]:
+    """The model folders directly below `root`, sorted by name (folders without a readable config.json and
+    installs in progress are left out)."""
     if not root.is_dir():
         return []
     models = []
@@ -80,35 +81,60 @@ def list_models(home: Path | None = None, folder: Path | None = None) -> list[In
         if not folder.is_dir() or folder.name.startswith("."):
             continue
         try:
-            models.append(InstalledModel(folder.name, folder, read_model_config(folder)))
+            models.append(InstalledModel(folder.name, folder, read_model_config(folder), bundled))
         except WeightsError:
             continue
     return models
 
 
-def bundled_models() -> list[InstalledModel]:
-    """The models shipped inside the package, sorted by name."""
-    return list_models(folder=BUNDLED_MODELS)
+def list_models(home: Path | None = None) -> list[InstalledModel]:
+    """Installed models, sorted by name."""
+    return models_in(models_dir(home))
+
+
+def available_models(home: Path | None = None) -> list[InstalledModel]:
+    """Installed models, then the bundled ones whose name no installed model takes."""
+    installed = list_models(home)
+    taken = {model.name for model in installed}
+    return installed + [model for model in models_in(BUNDLED_DIR, bundled=True) if model.name not in taken]
+
+
+def default_model(home: Path | None = None) -> InstalledModel:
+    """The model used when none is named: the only installed one, else (none installed) the only bundled one.
+    ModelNotFound, listing the installed models, when that does not decide."""
+    models = available_models(home)
+    candidates = [model for model in models if not model.bundled] or models
+    if len(candidates) != 1:
+        raise ModelNotFound(f"name the model with --model ({describe_models(models, home)})")
+    return candidates[0]
+
+
+def default_model_name(home: Path | None = None) -> str | None:
+    """The default model's name, or None when a model must be named."""
+    try:
+        return default_model(home).name
+    except ModelNotFound:
+        return None
 
 
 def resolve_model(name_or_path, home: Path | None = None) -> Path:
-    """Folder of a model given its store name (or a bundled model's name), or a path to a model folder (a folder
-    with config.json); None
-    means the only installed model (ModelNotFound, listing them, when there is not exactly one)."""
+    """Folder of a model given its name (installed, else bundled), or a path to a model folder (a folder with
+    config.json); None means the default model (`default_model`)."""
     if name_or_path is None:
-        installed = list_models(home)
-        if len(installed) != 1:
-            names = ", ".join(m.name for m in installed) or "none"
-            raise ModelNotFound(f"name the model with --model (installed in {models_dir(home)}: {names})")
-        return models_dir(home) / installed[0].name
+        return default_model(home).path
     candidate = Path(name_or_path).expanduser()
     if (candidate / CONFIG_FILE).is_file():
         return candidate
     name = str(name_or_path)
-    if MODEL_NAME.fullmatch(name):
-        for root in (models_dir(home), BUNDLED_MODELS):  # an installed model of a bundled one's name wins
-            if (root / name / CONFIG_FILE).is_file():
-                return root / name
-    installed = ", ".join(m.name for m in list_models(home)) or "none"
-    raise ModelNotFound(f"no model {name!r} (installed in {models_dir(home)}: {installed}); "
+    for root in (models_dir(home), BUNDLED_DIR):
+        if MODEL_NAME.fullmatch(name) and (root / name / CONFIG_FILE).is_file():
+            return root / name
+    raise ModelNotFound(f"no model {name!r} ({describe_models(available_models(home), home)}); "
                         "install one with `medals weights import SOURCE`")
+
+
+def describe_models(models: list[InstalledModel], home: Path | None = None) -> str:
+    """E.g. 'installed in ~/.cache/medals/models: official, mine; bundled: medals-demo'."""
+    installed = ", ".join(model.name for model in models if not model.bundled) or "none"
+    bundled = ", ".join(model.name for model in models if model.bundled)
+    return f"installed in {models_dir(home)}: {installed}" + (f"; bundled: {bundled}" if bundled else "")
