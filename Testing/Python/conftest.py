@@ -2,9 +2,13 @@
 deterministic weight generator, through the engine's own loader (medals.bench.parity)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from medals.bench.parity import ParityFixtures, load_fixture  # noqa: F401  (tests import load_fixture from here)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def parity_cases(prefix: str, holding: str) -> list[str]:

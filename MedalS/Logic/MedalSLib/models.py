@@ -60,10 +60,11 @@ def parse_model_list(text: str) -> list[EngineModel]:
     """The models in `medals weights list --json` output, bundled ones first."""
     try:
         records = json.loads(text)["models"]
-        return [EngineModel(str(r["name"]), str(r["path"]), bool(r["bundled"]), str(r["stages"]),
-                            str(r["text_tower"]), int(r["size_bytes"])) for r in records]
+        models = [EngineModel(str(r["name"]), str(r["path"]), bool(r["bundled"]), str(r["stages"]),
+                              str(r["text_tower"]), int(r["size_bytes"])) for r in records]
     except (ValueError, KeyError, TypeError) as error:
         raise ModelsError(f"the engine's model list is not readable ({error}); is the engine up to date?") from None
+    return sorted(models, key=lambda model: not model.bundled)  # stable: the engine's order within each group
 
 
 def last_line(text: str) -> str:
