@@ -9,12 +9,15 @@ the very same grid. Axis and spacing conventions of each format are converted he
   (spacing[0] ↔ H, spacing[1] ↔ W, spacing[2] ↔ D, spec §5.1), so spacing_kji = (s[2], s[0], s[1]).
   An npz has no geometry: origin 0, identity direction.
 
-Every failure is an `InputError` with one line that names the file. Writes go to a temporary name first and are
-moved into place at the end, so an interrupted write never leaves a half-written label map.
+Every failure is an `InputError` with one line that names the file. Sizes are checked before voxels are read:
+each format's header (or an npz member's array header) is read first and a volume of more than `max_voxels` is
+refused before its payload is inflated. Writes go to a temporary name first and are moved into place at the end,
+so an interrupted write never leaves a half-written label map.
 """
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import shutil
@@ -33,6 +36,16 @@ from .errors import InputError
 FORMATS = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "meta", ".mhd": "meta",
            ".npz": "npz"}
 SUPPORTED = ", ".join(FORMATS) + " or a DICOM folder"
+
+MAX_VOXELS = 1 << 28
+"""Largest volume read by default (256 Mi voxels, 1 GiB as float32): the server's default limit too."""
+MAX_SPACING_MM = 1000.0
+"""Largest voxel size accepted: a metre per voxel is already no scan, and larger values plan resampled grids
+that no machine holds."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""The model computes in float32: larger magnitudes would become infinite there."""
+MAX_NIFTI_EXTENSION_BYTES = 64 << 20
+"""Header extensions between a NIfTI header and its voxels; real ones are a few kB."""
 
 
 @dataclass
@@ -109,19 +122,20 @@ def list_volume_files(folder) -> list[Path]:
 NPZ_IMAGE_KEYS, NPZ_LABEL_KEYS = ("imgs",), ("segs", "gts")
 
 
-def read_volume(path) -> Volume:
-    """Read one 3-D image (any supported format) into a validated `Volume`."""
-    return _read(path, NPZ_IMAGE_KEYS)
+def read_volume(path, max_voxels: int = MAX_VOXELS) -> Volume:
+    """Read one 3-D image (any supported format) into a validated `Volume`; one of more than `max_voxels` voxels
+    is refused from its header, before its payload is read."""
+    return _read(path, NPZ_IMAGE_KEYS, max_voxels)
 
 
-def read_labels(path, spacing_if_absent=None) -> Volume:
+def read_labels(path, spacing_if_absent=None, max_voxels: int = MAX_VOXELS) -> Volume:
     """Read a 3-D label map (a segmentation or a ground truth) with its geometry; voxels as integers.
 
     From a challenge npz this is `segs` (an output) or else `gts` (a ground truth). `spacing_if_absent`
     ((k, j, i) mm) serves an npz that stores no spacing, as a prediction holding only `segs` may (the challenge
     takes a prediction's spacing from its case).
     """
-    volume = _read(path, NPZ_LABEL_KEYS, spacing_if_absent)
+    volume = _read(path, NPZ_LABEL_KEYS, max_voxels, spacing_if_absent)
     array = volume.array
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
         if np.any(array != np.round(array)):
@@ -132,25 +146,36 @@ def read_labels(path, spacing_if_absent=None) -> Volume:
     return volume
 
 
-def _read(path, npz_keys: tuple[str, ...], spacing_if_absent=None) -> Volume:
+def _read(path, npz_keys: tuple[str, ...], max_voxels: int, spacing_if_absent=None) -> Volume:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     kind = format_of(path)
     if kind == "npz":
-        volume = _read_npz(path, npz_keys, spacing_if_absent)
+        volume = _read_npz(path, npz_keys, max_voxels, spacing_if_absent)
     else:
-        volume = _volume_from_itk(_read_dicom_series(path) if kind == "dicom" else _read_itk_file(path, kind), path)
+        image = _read_dicom_series(path, max_voxels) if kind == "dicom" else _read_itk_file(path, kind, max_voxels)
+        volume = _volume_from_itk(image, path)
         volume.extras["format"] = kind
     _check_volume(volume, path, allow_zero_spacing=kind == "npz")
     return volume
 
 
-def _read_itk_file(path: Path, kind: str) -> sitk.Image:
+def check_voxel_count(shape, max_voxels: int, where) -> None:
+    """InputError when a volume of `shape` (any number of axes) holds more than `max_voxels` voxels."""
+    voxels = math.prod(int(size) for size in shape)
+    if voxels > max_voxels:
+        raise InputError(f"{where}: {' × '.join(str(int(size)) for size in shape)} = {voxels} voxels is over the "
+                         f"limit of {max_voxels}")
+
+
+def _read_itk_file(path: Path, kind: str, max_voxels: int) -> sitk.Image:
     if kind == "nifti":
-        # ITK's NIfTI reader fills a truncated payload with zeros instead of failing; check the length first.
-        _check_nifti_payload(path)
+        # ITK's NIfTI reader fills a truncated payload with zeros instead of failing, and trusts the header's
+        # sizes and offset; check both (and the length) first.
+        _check_nifti_payload(path, max_voxels)
     try:
+        _check_itk_header(path, max_voxels)
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
         reason = _itk_reason(error)
@@ -160,14 +185,26 @@ def _read_itk_file(path: Path, kind: str) -> sitk.Image:
                          f"({reason})") from None
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def _check_itk_header(path: Path, max_voxels: int, files: int = 1) -> None:
+    """Refuse an image whose header (read alone, no voxels) declares more than `max_voxels` voxels; a DICOM file
+    is one slice of `files`."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    size = reader.GetSize()
+    check_voxel_count([*size, files] if files > 1 else size, max_voxels, path)
+
+
+def _read_dicom_series(folder: Path, max_voxels: int) -> sitk.Image:
     """The largest DICOM series of `folder` (by number of files), read as one volume."""
     reader = sitk.ImageSeriesReader()
     series = [reader.GetGDCMSeriesFileNames(str(folder), uid) for uid in reader.GetGDCMSeriesIDs(str(folder))]
     if not series:
         raise InputError(f"{folder}: no DICOM series found in this folder")
-    reader.SetFileNames(max(series, key=len))
+    files = max(series, key=len)
+    reader.SetFileNames(files)
     try:
+        _check_itk_header(Path(files[0]), max_voxels, len(files))
         return reader.Execute()
     except RuntimeError as error:
         raise InputError(f"{folder}: the DICOM series cannot be read ({_itk_reason(error)})") from None
@@ -204,25 +241,32 @@ def _volume_from_itk(image: sitk.Image, path: Path) -> Volume:
     )
 
 
-def _check_nifti_payload(path: Path) -> None:
-    """Raise InputError when a .nii/.nii.gz file holds fewer bytes than its header declares, or float voxels that
-    are NaN or infinite (ITK's NIfTI reader silently turns those into zeros, so they must be caught here)."""
+def _check_nifti_payload(path: Path, max_voxels: int) -> None:
+    """Raise InputError when a .nii/.nii.gz header declares impossible sizes or offset, more than `max_voxels`
+    voxels, or more bytes than the file holds, or when float voxels are NaN or infinite (ITK's NIfTI reader silently
+    turns those into zeros, so they must be caught here). The payload is streamed, and never past its declared end."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as stream:
             header = stream.read(544)
-            layout = _nifti_layout(header)
+            layout = _nifti_layout(header, path, max_voxels)
             if layout is None:
                 return  # not a NIfTI header: ITK will say so
             expected, offset, float_type = layout
-            extension = stream.read(max(0, offset - len(header)))  # header extensions before the voxels
-            available, pending, bad = len(header) + len(extension), header[offset:], 0
+            available, bad, pending = len(header), 0, header[offset:expected]
+            while available < offset:  # header extensions before the voxels, skipped in bounded pieces
+                skipped = len(stream.read(min(offset - available, 1 << 24)))
+                if not skipped:
+                    break
+                available += skipped
             while True:
                 if float_type is not None:  # count non-finite values in whole items, carrying the remainder
                     whole = len(pending) - len(pending) % float_type.itemsize
                     bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(pending[:whole], float_type))))
                     pending = pending[whole:]
-                chunk = stream.read(1 << 24)
+                if available >= expected:
+                    break
+                chunk = stream.read(min(expected - available, 1 << 24))
                 if not chunk:
                     break
                 available += len(chunk)
@@ -239,14 +283,14 @@ NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 """NIfTI datatype codes of real floating-point voxels → numpy type (without byte order)."""
 
 
-def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype | None] | None:
+def _nifti_layout(header: bytes, path: Path, max_voxels: int) -> tuple[int, int, np.dtype | None] | None:
     """(file length the header implies, voxel data offset, float voxel type or None), or None when `header` is not
-    a NIfTI-1/-2 header."""
+    a NIfTI-1/-2 header; InputError for sizes or an offset no real file has, or more than `max_voxels` voxels."""
     for order in "<>":
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:  # NIfTI-1
             dims = struct.unpack(order + "8h", header[40:56])
             datatype, bitpix = struct.unpack(order + "2h", header[70:74])
-            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            offset = struct.unpack(order + "f", header[108:112])[0]
             break
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:  # NIfTI-2
             datatype, bitpix = struct.unpack(order + "2h", header[12:16])
@@ -255,11 +299,20 @@ def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype | None] | None:
             break
     else:
         return None
-    rank = min(max(dims[0], 0), 7)
-    voxels = int(np.prod([max(d, 1) for d in dims[1:rank + 1]], dtype=np.int64))
-    offset = max(offset, 348)
+    rank = dims[0]
+    if not 1 <= rank <= 7:
+        raise InputError(f"{path}: the NIfTI header's dim[0] = {rank} is not a number of axes (1 to 7)")
+    sizes = dims[1:rank + 1]
+    if min(sizes) < 1:
+        axis = sizes.index(min(sizes)) + 1
+        raise InputError(f"{path}: the NIfTI header's dim[{axis}] = {sizes[axis - 1]} is not a positive size")
+    check_voxel_count(sizes, max_voxels, path)
+    if not math.isfinite(offset) or not 0 <= offset <= len(header) + MAX_NIFTI_EXTENSION_BYTES:
+        raise InputError(f"{path}: the NIfTI header's vox_offset {offset} does not point just past its header "
+                         f"(at most {MAX_NIFTI_EXTENSION_BYTES} bytes of extensions)")
+    offset = max(int(offset), 348)
     float_type = np.dtype(order + NIFTI_FLOAT_TYPES[datatype]) if datatype in NIFTI_FLOAT_TYPES else None
-    return offset + voxels * max(bitpix, 8) // 8, offset, float_type
+    return offset + math.prod(sizes) * max(bitpix, 8) // 8, offset, float_type
 
 
 # The challenge npz stores `text_prompts` as a 0-d object array, which numpy can only save as a pickle. Unpickling
@@ -277,15 +330,26 @@ class _PromptUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+MAX_TEXT_PROMPTS_BYTES = 1 << 20
+"""An npz's `text_prompts` member, inflated: a few hundred prompts take a few kB."""
+
+
+def _read_npy_header(stream) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the header of an .npy stream, leaving the stream at the start of its data."""
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(stream)
+    return shape, dtype
+
+
 def _read_text_prompts(archive: zipfile.ZipFile, path: Path) -> dict:
     """The `text_prompts` dict of a challenge npz: {label value string: prompt, "instance_label": 0 | 1}."""
+    size = archive.getinfo("text_prompts.npy").file_size
+    if size > MAX_TEXT_PROMPTS_BYTES:
+        raise InputError(f"{path}: text_prompts inflates to {size} bytes, over the limit of {MAX_TEXT_PROMPTS_BYTES}")
     try:
         with archive.open("text_prompts.npy") as stream:
-            version = np.lib.format.read_magic(stream)
-            if version == (1, 0):
-                np.lib.format.read_array_header_1_0(stream)
-            else:
-                np.lib.format.read_array_header_2_0(stream)
+            _read_npy_header(stream)
             value = _PromptUnpickler(stream).load()
     except Exception as error:  # noqa: BLE001 — any failure here means the member is not what the challenge writes
         raise InputError(f"{path}: text_prompts cannot be read ({error})") from None
@@ -295,13 +359,30 @@ def _read_text_prompts(archive: zipfile.ZipFile, path: Path) -> dict:
     return {str(key): (text.item() if isinstance(text, np.generic) else text) for key, text in prompts.items()}
 
 
-def _read_npz(path: Path, keys: tuple[str, ...], spacing_if_absent=None) -> Volume:
+def _check_npz_member(archive: zipfile.ZipFile, key: str, path: Path, max_voxels: int) -> None:
+    """Refuse the array `key` from its .npy header and its inflated size before it is read: over `max_voxels`, or
+    more bytes than its shape needs (numpy would inflate all of them)."""
+    name = f"{key}.npy"
+    if name not in archive.namelist():
+        return
+    with archive.open(name) as stream:
+        shape, dtype = _read_npy_header(stream)
+        start = stream.tell()
+    check_voxel_count(shape, max_voxels, f"{path}: '{key}'")
+    declared = archive.getinfo(name).file_size
+    if declared > start + math.prod(shape) * dtype.itemsize:
+        raise InputError(f"{path}: '{key}' inflates to {declared} bytes, more than its shape {shape} holds")
+
+
+def _read_npz(path: Path, keys: tuple[str, ...], max_voxels: int, spacing_if_absent=None) -> Volume:
     """The first of `keys` present in a challenge npz, with its spacing ((k, j, i) `spacing_if_absent` when it
     stores none) and prompts."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = {Path(name).stem for name in archive.namelist()}
             prompts = _read_text_prompts(archive, path) if "text_prompts" in members else None
+            for key in [*keys, "spacing"]:
+                _check_npz_member(archive, key, path, max_voxels)
         with np.load(path, allow_pickle=False) as arrays:
             key = next((k for k in keys if k in arrays.files), None)
             if key is None:
@@ -343,16 +424,33 @@ def _check_volume(volume: Volume, path: Path, allow_zero_spacing: bool) -> None:
     An npz may store a zero spacing: the challenge pipeline defines what zero or tiny values mean (values < 0.1
     are treated as 1 mm, spec §5.1), so they are left to it. Negative or non-finite spacing is refused everywhere.
     """
-    spacing = np.asarray(volume.spacing, dtype=np.float64)
-    smallest_allowed_is_zero = allow_zero_spacing and np.all(spacing >= 0)
-    if not np.all(np.isfinite(spacing)) or not (np.all(spacing > 0) or smallest_allowed_is_zero):
-        raise InputError(f"{path}: invalid voxel spacing {tuple(spacing.tolist())} mm (must be positive and finite)")
+    check_spacing(volume.spacing, path, allow_zero_spacing)
     if not (np.issubdtype(volume.array.dtype, np.number) or volume.array.dtype == bool):
         raise InputError(f"{path}: voxels of type {volume.array.dtype} are not numbers")
-    if np.issubdtype(volume.array.dtype, np.inexact):
-        bad = int(np.count_nonzero(~np.isfinite(volume.array)))
-        if bad:
-            raise InputError(f"{path}: {bad} of {volume.array.size} voxels are NaN or infinite")
+    bad = count_unusable_voxels(volume.array)
+    if bad:
+        raise InputError(f"{path}: {bad} of {volume.array.size} voxels are NaN, infinite or beyond the float32 "
+                         "range the model computes in")
+
+
+def check_spacing(spacing, where, allow_zero: bool = False) -> tuple[float, float, float]:
+    """Three voxel sizes in mm, each positive (or zero where `allow_zero`), finite and at most `MAX_SPACING_MM`;
+    InputError naming `where` otherwise."""
+    values = np.asarray(spacing, dtype=np.float64)
+    low_ok = np.all(values >= 0) if allow_zero else np.all(values > 0)
+    if values.shape != (3,) or not np.all(np.isfinite(values)) or not low_ok or np.any(values > MAX_SPACING_MM):
+        raise InputError(f"{where}: invalid voxel spacing {tuple(values.tolist())} mm (must be positive, finite "
+                         f"and at most {MAX_SPACING_MM:g} mm)")
+    return tuple(float(v) for v in values)
+
+
+def count_unusable_voxels(array: np.ndarray, chunk: int = 1 << 22) -> int:
+    """Voxels that are NaN, infinite, or too large for float32, counted a slice at a time (no full-size mask)."""
+    if not np.issubdtype(array.dtype, np.inexact):
+        return 0
+    flat = array.reshape(-1)
+    return sum(int(np.count_nonzero(~(np.abs(flat[start:start + chunk]) <= FLOAT32_MAX)))
+               for start in range(0, flat.size, chunk))
 
 
 # ----------------------------------------------------------------------------------------------------- writing
@@ -393,10 +491,9 @@ def write_volume(volume: Volume, path, npz_key: str = "imgs") -> Path:
     kind = format_of(path)
     if kind == "dicom":
         raise InputError(f"{path}: writing DICOM is not supported; use {', '.join(FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Write under the final name inside a private folder beside the target (so detached headers such as .mhd
     # and .nhdr keep pointing at their data file), then move every written file into place.
-    staging = Path(tempfile.mkdtemp(prefix=".medals-write-", dir=path.parent))
+    staging = _staging_folder(path)
     try:
         staged = staging / path.name
         if kind == "npz":
@@ -407,9 +504,32 @@ def write_volume(volume: Volume, path, npz_key: str = "imgs") -> Path:
             os.replace(written, path.parent / written.name)
     except RuntimeError as error:
         raise InputError(f"{path}: cannot be written ({_itk_reason(error)})") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot be written ({error.strerror or error})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _staging_folder(path: Path) -> Path:
+    """A new private folder beside `path` (its parents created); InputError when that place cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".medals-write-", dir=path.parent))
+    except OSError as error:
+        raise InputError(f"{path}: cannot be written ({error.strerror or error})") from None
+
+
+def check_writable(path) -> None:
+    """InputError unless a file can be written at `path`: its folder exists or can be made, and accepts files.
+
+    Tried for real (a private folder is made beside it and removed), so a read-only or virtual file system, or a
+    regular file where a folder should be, is found before any work rather than after it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name for the output")
+    shutil.rmtree(_staging_folder(path), ignore_errors=True)
 
 
 def _itk_image(volume: Volume) -> sitk.Image:

@@ -34,9 +34,10 @@ def check_code(code: str) -> str:
 def check_direction(direction) -> np.ndarray:
     """An ITK direction matrix (nine numbers, row-major) as a 3×3 array; InputError unless finite and invertible."""
     matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
-    if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-6:
+    # Entries are direction cosines (at most 1); bounding them keeps the determinant finite.
+    if not np.all(np.abs(matrix) <= 1 + 1e-3) or abs(np.linalg.det(matrix)) < 1e-6:
         raise InputError(f"the direction matrix {matrix.tolist()} is not a rotation: it must be nine finite numbers "
-                         "forming an invertible 3×3 matrix")
+                         "(direction cosines, at most 1) forming an invertible 3×3 matrix")
     return matrix
 
 
@@ -78,7 +79,7 @@ class Reorientation:
         if self.is_identity:
             return array
         turned = np.flip(np.transpose(array, self.axes), [a for a, f in enumerate(self.flips) if f])
-        return np.ascontiguousarray(turned)
+        return turned.copy()  # not ascontiguousarray: a flipped axis of size 1 counts as contiguous, stride < 0
 
     def undo(self, array: np.ndarray) -> np.ndarray:
         """A (k, j, i) array of the target orientation back in the given one."""

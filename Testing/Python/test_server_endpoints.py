@@ -159,7 +159,7 @@ def test_nan_voxels_are_refused_with_400_naming_their_count(server):
     array[1, 2, 3] = np.nan
     image = client.ImageRef.of(array, (1, 1, 1))
     status, answer, _ = raw_request(server.url, "POST", "/v1/images", image.compressed(), upload_headers(image))
-    assert status == 400 and answer["detail"] == "image has 1 NaN or infinite voxels"
+    assert status == 400 and answer["detail"].startswith("image has 1 NaN or infinite voxels")
 
 
 def test_an_image_over_the_voxel_limit_is_refused_with_413_before_its_body_is_read(server):

@@ -58,7 +58,7 @@ def test_inflater_memory_is_bounded_by_the_declared_size_for_a_zlib_bomb():
     with pytest.raises(InputError, match="inflates to more than"):
         for start in range(0, len(bomb), 4096):
             inflater.feed(bomb[start:start + 4096])
-    assert len(inflater.buffer) == 1000
+    assert len(inflater.buffer) <= 1000
 
 
 def test_inflater_accepts_a_stream_fed_in_small_chunks():

@@ -84,7 +84,8 @@ def exit_when_stdin_closes(server, grace_seconds: float = EXIT_GRACE_SECONDS) ->
 
 def limits_from(args) -> Limits:
     return Limits(max_upload_bytes=int(args.max_upload_mb * MIB), max_request_bytes=int(args.max_request_mb * MIB),
-                  max_voxels=args.max_voxels, max_prompts=args.max_prompts, cache_bytes=int(args.cache_mb * MIB))
+                  max_voxels=args.max_voxels, max_prompts=args.max_prompts, cache_bytes=int(args.cache_mb * MIB),
+                  body_timeout_seconds=args.body_timeout)
 
 
 def run_serve(args) -> int:
@@ -136,6 +137,8 @@ def register(subparsers) -> None:
                        help="largest job request (prompts and painted masks)")
     serve.add_argument("--max-voxels", type=int, default=defaults.max_voxels, help="largest image, in voxels")
     serve.add_argument("--max-prompts", type=int, default=defaults.max_prompts, help="most prompts in one job")
+    serve.add_argument("--body-timeout", type=float, default=defaults.body_timeout_seconds, metavar="SECONDS",
+                       help="drop a request whose body stops arriving for this long")
     serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--exit-with-parent", action="store_true",
                        help="shut down when stdin reaches end of file: a parent holding a pipe to it (as Slicer "

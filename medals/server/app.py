@@ -14,9 +14,15 @@
                                     uint8 v standing for v / 255 (jobs run with options.probabilities)
 
 No route reads or writes files, and no CORS headers are sent: browsers on other origins cannot call it.
+Every size is checked before memory is taken for it: an upload reserves its image's bytes in the cache budget and
+its buffer grows only with the bytes that arrive (a body that stalls is refused after `body_timeout_seconds`); a
+job request's JSON structure is bounded by the prompt limit before it is parsed. Long polls wait on the event
+loop, so no number of them can hold up the other routes.
 """
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import logging
 import math
@@ -26,6 +32,8 @@ from typing import Annotated, Literal
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -51,10 +59,17 @@ SPACING_PATTERN = r"^[^,]+,[^,]+,[^,]+$"
 DIRECTION_PATTERN = r"^[^,]+(,[^,]+){8}$"
 
 # Codes for the errors the framework raises itself (unknown route, wrong method, a body cut off while counting).
-HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 408: "body_timeout", 413: "payload_too_large"}
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413)}
 BINARY_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+JOB_REQUEST_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}}}}
+INFLATE_BATCH_BYTES = 1 << 20
+"""Compressed bytes gathered before they are inflated on a worker thread (chunks arrive in tens of kB)."""
+JSON_ITEMS_PER_PROMPT = 32
+"""Commas, objects and lists one prompt, its mask and its share of the options may take in a job request
+(base64 mask data has none of them)."""
 BINARY_CONTENT = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 LABELS_RESPONSE = {"content": BINARY_CONTENT,
                    "description": "zlib of the int16 labels over the box, little-endian, C order (k, j, i)"}
@@ -67,7 +82,8 @@ class Guard:
     """ASGI middleware in front of every route: token first, then the body size, before any body is read.
 
     A declared Content-Length over the limit is refused at once; a chunked body is counted while it streams
-    and refused as soon as it passes the limit, so the server never holds more than the limit.
+    and refused as soon as it passes the limit, so the server never holds more than the limit. A body whose next
+    bytes take longer than the body timeout is refused (408), so a stalled client holds nothing for long.
     """
 
     def __init__(self, app, token: str | None, limits: Limits):
@@ -91,11 +107,18 @@ class Guard:
             error = PayloadTooLarge(f"request body of {declared.decode(errors='replace')} bytes is over this "
                                     f"server's limit of {limit} bytes")
             return await error_response(error)(scope, receive, send)
-        received = 0
+        received, complete = 0, False
 
         async def counted_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # the body has arrived: later receives wait for a disconnect, which takes its time
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.limits.body_timeout_seconds)
+            except TimeoutError:
+                raise HTTPException(408, f"no request body bytes arrived for {self.limits.body_timeout_seconds:g} s; "
+                                         "the request was dropped") from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > limit:
                 # An HTTPException passes unchanged through the framework's body parsing.
@@ -168,7 +191,7 @@ def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> F
                                        "the details", "code": "internal_error"}, status_code=500)
 
     @app.get(HEALTH_PATH, response_model=Health)
-    def health():
+    async def health():
         """Protocol and engine versions: the first call of every client, which refuses another protocol."""
         return {"status": "ok", "protocol": PROTOCOL_VERSION, "engine": __version__}
 
@@ -197,15 +220,14 @@ def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> F
         voxels = math.prod(dims)
         if voxels > limits.max_voxels:
             raise PayloadTooLarge(f"image of {voxels} voxels is over this server's limit of {limits.max_voxels}")
-        cache.check_fits(voxels * wire_type.itemsize)
-        inflater = wire.ExactInflater(voxels * wire_type.itemsize, "image body")
-        try:
-            async for chunk in request.stream():
-                inflater.feed(chunk)
-        except ClientDisconnect:
-            return Response(status_code=400)  # the client hung up mid-body: nobody is left to read an answer
-        image = await run_in_threadpool(finish_upload, inflater, dtype, dims, mm, axes)
-        cache.put(image)
+        with cache.reservation(voxels * wire_type.itemsize) as put:
+            inflater = wire.ExactInflater(voxels * wire_type.itemsize, "image body")
+            try:
+                await receive_inflated(request, inflater)
+            except ClientDisconnect:
+                return Response(status_code=400)  # the client hung up mid-body: nobody is left to read an answer
+            image = await run_in_threadpool(finish_upload, inflater, dtype, dims, mm, axes)
+            put(image)
         return image.describe()
 
     @app.get(f"{API_PREFIX}/images/{{image_id}}", response_model=ImageRecord, responses=ERRORS)
@@ -213,15 +235,18 @@ def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> F
         return cache.get(image_id).describe()
 
     @app.post(f"{API_PREFIX}/jobs", response_model=JobStatus, status_code=202, responses={**ERRORS, 503: {
-        "model": ErrorBody}})
-    def submit_job(request: JobRequest):
+        "model": ErrorBody}}, openapi_extra=JOB_REQUEST_BODY)
+    async def submit_job(request: Request):
         """Queue a segmentation of an uploaded image; poll the returned job for progress and its result."""
-        image = cache.get(request.image_id)
-        job = queue.submit(engine.prepare(request, image, limits), request.request_id)
+        body = await request.body()
+        job_request = await run_in_threadpool(parse_job_request, body, limits)
+        image = cache.get(job_request.image_id)
+        call = await run_in_threadpool(engine.prepare, job_request, image, limits)
+        job = queue.submit(call, job_request.request_id, hashlib.sha256(body).hexdigest())
         return job_status(job, queue)
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}", response_model=JobStatus, responses=ERRORS)
-    def get_job(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)],
+    async def get_job(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)],
                 wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Long poll: seconds to wait "
                                              "for the job to change past version `after` before answering")] = 0,
                 after: Annotated[int | None, Query(ge=0, description="The last version seen (default: the "
@@ -229,7 +254,7 @@ def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> F
         """The job's state and progress; with `wait`, answered as soon as it changes (no busy polling)."""
         job = queue.get(job_id)
         if wait:
-            job.wait_for_change(job.version if after is None else after, wait)
+            await job.changed_after(job.version if after is None else after, wait)
         return job_status(job, queue)
 
     @app.post(f"{API_PREFIX}/jobs/{{job_id}}/cancel", response_model=JobStatus, responses=ERRORS)
@@ -273,6 +298,36 @@ def box_array(body: bytes, dtype: str, info: dict) -> Response:
         "X-Medals-Box": ",".join(map(str, info["box"]))})
 
 
+async def receive_inflated(request: Request, inflater: wire.ExactInflater) -> None:
+    """Feed the request body into `inflater` as it arrives, inflating on a worker thread a batch at a time."""
+    chunks = request.stream()
+    batch, size = [], 0
+    while True:
+        chunk = await anext(chunks, None)
+        if chunk:
+            batch.append(chunk)
+            size += len(chunk)
+        if batch and (chunk is None or size >= INFLATE_BATCH_BYTES):
+            await run_in_threadpool(inflater.feed, b"".join(batch))
+            batch, size = [], 0
+        if chunk is None:
+            return
+
+
+def parse_job_request(body: bytes, limits: Limits) -> JobRequest:
+    """The JobRequest in a JSON body, refused before parsing when its structure is larger than `limits.max_prompts`
+    prompts can need (parsed JSON costs many times its size); RequestValidationError (400) when invalid."""
+    items = body.count(b",") + body.count(b"{") + body.count(b"[")
+    allowed = (limits.max_prompts + 1) * (JSON_ITEMS_PER_PROMPT + limits.max_prompt_chars)
+    if items > allowed:
+        raise PayloadTooLarge(f"the job request has {items} JSON items, more than {limits.max_prompts} prompts (this "
+                              f"server's limit) with their masks can need")
+    try:
+        return JobRequest.model_validate_json(body)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from None
+
+
 def finish_upload(inflater: wire.ExactInflater, dtype: str, shape, spacing, direction=None) -> CachedImage:
     """The validated, content-addressed image once its whole body has arrived (CPU work, off the event loop)."""
     raw = inflater.finish()
@@ -293,6 +348,10 @@ def openapi_document(app: FastAPI, token_required: bool) -> dict:
                     operation["security"] = [{"bearer": []}]
         if token_required:
             document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        _, definitions = models_json_schema([(JobRequest, "validation")],
+                                            ref_template="#/components/schemas/{model}")
+        for name, schema in definitions["$defs"].items():
+            document["components"]["schemas"].setdefault(name, schema)
         document["components"]["schemas"].pop("HTTPValidationError", None)
         document["components"]["schemas"].pop("ValidationError", None)
         app.openapi_schema = document

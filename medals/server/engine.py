@@ -23,16 +23,50 @@ from .protocol import JobRequest, Limits, MaskBody
 
 
 @dataclass(frozen=True)
+class CompactMask:
+    """A painted mask as small as it can wait in the queue: the inclusive box (k0, k1, j0, j1, i0, i1) around its
+    voxels and their bits over that box, packed in C order (None: the whole box is painted)."""
+
+    box: tuple[int, int, int, int, int, int]
+    bits: bytes | None
+
+    @classmethod
+    def of(cls, region: np.ndarray, origin, what: str) -> "CompactMask":
+        """The mask whose voxels are the nonzero ones of `region`, which lies at `origin` (k, j, i) in the image.
+        Only the tight box is copied, as bits."""
+        box = []
+        for axis in range(3):
+            painted = np.flatnonzero(region.any(axis=tuple(a for a in range(3) if a != axis)))
+            if painted.size == 0:
+                raise InputError(f"{what} is empty; leave it out instead")
+            box += [origin[axis] + int(painted[0]), origin[axis] + int(painted[-1])]
+        local = tuple(slice(low - start, high - start + 1) for low, high, start in zip(box[0::2], box[1::2], origin))
+        return cls(tuple(box), np.packbits(region[local]).tobytes())  # packbits counts any nonzero as 1
+
+    def expand(self, shape) -> np.ndarray:
+        """The mask as (k, j, i) uint8 0/1 on an image grid of `shape`."""
+        mask = np.zeros(shape, np.uint8)
+        region = box_slices(self.box)
+        if self.bits is None:
+            mask[region] = 1
+        else:
+            extent = tuple(high - low + 1 for low, high in zip(self.box[0::2], self.box[1::2]))
+            bits = np.unpackbits(np.frombuffer(self.bits, np.uint8), count=int(np.prod(extent)))
+            mask[region] = bits.reshape(extent)
+        return mask
+
+
+@dataclass(frozen=True)
 class SegmentCall:
     """Everything one `pipeline.segment` call needs, validated: image (k, j, i), spacing in mm (k, j, i), ITK
-    direction (nine numbers, or None), prompts, masks as label → (k, j, i) uint8 on the image grid."""
+    direction (nine numbers, or None), prompts, masks by label kept compact until the job runs."""
 
     image: np.ndarray
     spacing: tuple[float, float, float]
     direction: tuple[float, ...] | None
     prompts: list[Prompt]
     modality: str | None
-    masks: dict[int, np.ndarray] | None
+    masks: dict[int, CompactMask] | None
     options: SegmentOptions
 
 
@@ -60,23 +94,19 @@ def box_slices(box) -> tuple[slice, slice, slice]:
     return tuple(slice(low, high + 1) for low, high in zip(box[0::2], box[1::2]))
 
 
-def decode_mask(label: int, body: MaskBody, shape) -> np.ndarray:
-    """A painted mask as (k, j, i) uint8 0/1 on the image grid, from its data over a box, or the box itself."""
+def decode_mask(label: int, body: MaskBody, shape) -> CompactMask:
+    """A painted mask from its data over a box (or the whole image), or the box itself; only its data's extent is
+    ever inflated, and it is kept as bits over its tight box."""
     what = f"mask of label {label}"
     if body.data is None and body.box is None:
         raise InputError(f"{what} has neither data nor a box")
     box = check_box(body.box, shape, f"{what}: box") if body.box is not None else (
         0, shape[0] - 1, 0, shape[1] - 1, 0, shape[2] - 1)
-    mask = np.zeros(shape, np.uint8)
-    region = box_slices(box)
     if body.data is None:
-        mask[region] = 1
-    else:
-        extent = tuple(high - low + 1 for low, high in zip(box[0::2], box[1::2]))
-        mask[region] = wire.inflate_array(wire.decode_base64(body.data, what), "uint8", extent, what) != 0
-    if not mask.any():
-        raise InputError(f"{what} is empty; leave it out instead")
-    return mask
+        return CompactMask(box, None)
+    extent = tuple(high - low + 1 for low, high in zip(box[0::2], box[1::2]))
+    region = wire.inflate_array(wire.decode_base64(body.data, what), "uint8", extent, what)
+    return CompactMask.of(region, box[0::2], what)
 
 
 def check_prompts(request: JobRequest, limits: Limits) -> list[Prompt]:
@@ -94,7 +124,7 @@ def check_prompts(request: JobRequest, limits: Limits) -> list[Prompt]:
     return [Prompt(prompt.text, prompt.label) for prompt in request.prompts]
 
 
-def check_masks(request: JobRequest, shape) -> dict[int, np.ndarray] | None:
+def check_masks(request: JobRequest, shape) -> dict[int, CompactMask] | None:
     if request.mode == "text" and request.masks:
         raise InputError("masks were sent in text mode; use mode 'hybrid' for painted prompts")
     if request.mode == "hybrid" and not request.masks:
@@ -102,7 +132,7 @@ def check_masks(request: JobRequest, shape) -> dict[int, np.ndarray] | None:
     prompted = {prompt.label for prompt in request.prompts}
     masks = {}
     for key, body in request.masks.items():
-        if not key.isdigit() or int(key) not in prompted:
+        if not (key.isascii() and key.isdigit()) or int(key) not in prompted:
             raise InputError(f"mask key {key!r} is not the label value of a prompt ({sorted(prompted)})")
         masks[int(key)] = decode_mask(int(key), body, shape)
     return masks or None
@@ -158,8 +188,9 @@ class Engine:
     def run(self, job: Job) -> JobOutcome:
         """The job function: segment, then keep the labels (and probability maps) over the result box, compressed."""
         call: SegmentCall = job.payload
+        masks = {label: mask.expand(call.image.shape) for label, mask in call.masks.items()} if call.masks else None
         result = segment(self.model, call.image, call.spacing, call.prompts, direction=call.direction,
-                         modality=call.modality, masks=call.masks, options=call.options,
+                         modality=call.modality, masks=masks, options=call.options,
                          progress=lambda event: job.report(event.stage, event.done, event.total, event.message),
                          cancel=job.cancel, device=self.device)
         box = box_slices(result.box)

@@ -52,6 +52,18 @@ class QueueFull(MedalSError):
     http_status = 503
 
 
+class CacheBusy(MedalSError):
+    """Uploads in progress already hold the image cache's memory; try again later."""
+
+    http_status = 503
+
+
+class RequestIdConflict(MedalSError):
+    """A request id was sent again with a different request."""
+
+    http_status = 409
+
+
 def error_code(error: MedalSError) -> str:
     """`ImageNotFound` → "image_not_found": the machine-readable half of an error body."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()

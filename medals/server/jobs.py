@@ -2,9 +2,12 @@
 
 Jobs move queued → running → succeeded | failed | cancelled. Cancelling a queued job removes it at once;
 cancelling a running job sets its `cancel` event, which the job function checks between windows.
+Long polls wait on the event loop (`Job.changed_after`), holding no thread, so any number of them leave the
+server's threads to the other routes.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -13,7 +16,7 @@ from collections import deque
 from typing import Any, Callable
 
 from ..errors import Cancelled, MedalSError
-from .errors import JobNotFound, QueueFull
+from .errors import JobNotFound, QueueFull, RequestIdConflict
 
 log = logging.getLogger("medals.server")
 
@@ -24,10 +27,12 @@ FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 class Job:
     """One request and its progress. `payload` is whatever the job function needs; `result` what it returned."""
 
-    def __init__(self, payload: Any, request_key: str | None = None):
+    def __init__(self, payload: Any, request_key: str | None = None, fingerprint: str | None = None):
         self.id = uuid.uuid4().hex
         self.payload = payload
         self.request_key = request_key
+        self.fingerprint = fingerprint
+        """What the request asked for (a digest), so a reused request key with another request is told apart."""
         self.state = QUEUED
         self.stage, self.done, self.total, self.message = "", 0, 0, ""
         self.result: Any = None
@@ -36,6 +41,7 @@ class Job:
         self.version = 0
         """Counts every change a client could see (state, progress, queue position), for long polls."""
         self._change = threading.Condition()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._stage_started = time.monotonic()
         self.started: float | None = None
         self.finished: float | None = None
@@ -58,11 +64,29 @@ class Job:
         with self._change:
             self.version += 1
             self._change.notify_all()
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            loop.call_soon_threadsafe(_settle, future)
 
     def wait_for_change(self, after: int, timeout: float) -> None:
         """Return once `version` passed `after`, or after `timeout` seconds."""
         with self._change:
             self._change.wait_for(lambda: self.version > after, timeout)
+
+    async def changed_after(self, after: int, timeout: float) -> None:
+        """`wait_for_change` for the event loop: awaits without holding a thread."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._change:
+            if self.version > after:
+                return
+            self._waiters.append((loop, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            with self._change:
+                if (loop, future) in self._waiters:
+                    self._waiters.remove((loop, future))
 
     def eta_seconds(self) -> float | None:
         """Seconds left in the current stage at its mean pace so far; None before its first window ends."""
@@ -70,6 +94,11 @@ class Job:
             return None
         per_window = (time.monotonic() - self._stage_started) / self.done
         return round(per_window * (self.total - self.done), 2)
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class JobQueue:
@@ -93,14 +122,19 @@ class JobQueue:
         self._worker = threading.Thread(target=self._work, name="medals-job-worker", daemon=True)
         self._worker.start()
 
-    def submit(self, payload: Any, request_key: str | None = None) -> Job:
-        """Queue a job. A repeated `request_key` (a client retrying) returns the job it already created."""
+    def submit(self, payload: Any, request_key: str | None = None, fingerprint: str | None = None) -> Job:
+        """Queue a job. A repeated `request_key` (a client retrying) returns the job it already created, when the
+        request's `fingerprint` is the same; RequestIdConflict (409) when it is not."""
         with self._condition:
             if request_key is not None and request_key in self._by_request:
-                return self._jobs[self._by_request[request_key]]
+                job = self._jobs[self._by_request[request_key]]
+                if job.fingerprint != fingerprint:
+                    raise RequestIdConflict(f"request_id {request_key!r} was already used for a different request "
+                                            f"(job {job.id}); send a new request_id with a new request")
+                return job
             if len(self._waiting) >= self.max_waiting:
                 raise QueueFull(f"{len(self._waiting)} jobs are already waiting on this server; try again later")
-            job = Job(payload, request_key)
+            job = Job(payload, request_key, fingerprint)
             self._jobs[job.id] = job
             if request_key is not None:
                 self._by_request[request_key] = job.id

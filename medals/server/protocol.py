@@ -41,6 +41,8 @@ class Limits:
     """Voxel bytes of all cached images together."""
     max_waiting_jobs: int = 16
     max_finished_jobs: int = 32
+    body_timeout_seconds: float = 30.0
+    """Longest wait for the next bytes of a request body before it is refused (408) and its memory freed."""
 
 
 class Strict(BaseModel):

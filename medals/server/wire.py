@@ -15,6 +15,7 @@ import numpy as np
 from MedalSLib.client import image_header  # the Slicer module's client, carried by the medals wheel
 
 from ..errors import InputError
+from ..io import check_spacing, count_unusable_voxels
 from ..orientation import check_direction
 
 IMAGE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -51,9 +52,9 @@ def parse_spacing(text: str) -> tuple[float, float, float]:
         spacing = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise InputError(f"spacing {text!r} is not three comma-separated numbers in mm (k,j,i)") from None
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+    if len(spacing) != 3:
         raise InputError(f"spacing {text!r} must be three finite positive numbers in mm (k,j,i)")
-    return spacing
+    return check_spacing(spacing, f"spacing {text!r} (k,j,i)")
 
 
 def parse_direction(text: str | None) -> tuple[float, ...] | None:
@@ -79,35 +80,48 @@ def image_id(dtype: str, shape, spacing, raw, direction=None) -> str:
 
 
 class ExactInflater:
-    """Inflates a zlib stream fed in chunks into a buffer of exactly `nbytes`, never holding more.
+    """Inflates a zlib stream fed in chunks into a buffer that grows to at most `nbytes`, never holding more.
 
-    Raises InputError when the stream is not zlib, inflates past `nbytes`, or ends early; memory stays at
-    `nbytes` plus one chunk however large the stream claims to be.
+    The buffer grows with the bytes that arrive (a client that declares a large image and sends nothing costs
+    nothing). Raises InputError when the stream is not zlib, inflates past `nbytes`, or ends early; memory stays
+    at the bytes inflated so far plus one piece, however large the stream claims to be.
     """
 
+    PIECE = 1 << 24
+    """Most bytes inflated in one step (a small compressed chunk may inflate a thousandfold)."""
+
     def __init__(self, nbytes: int, what: str = "body"):
-        self.buffer = bytearray(nbytes)
-        self.filled = 0
+        self.nbytes = nbytes
+        self.buffer = bytearray()
         self.what = what
         self._inflater = zlib.decompressobj()
 
+    @property
+    def filled(self) -> int:
+        return len(self.buffer)
+
     def feed(self, chunk: bytes) -> None:
-        room = len(self.buffer) - self.filled
-        try:
+        pending = chunk
+        while True:
+            room = self.nbytes - self.filled
             # Ask for one byte more than fits, so an oversized stream shows itself without being inflated.
-            data = self._inflater.decompress(chunk, room + 1)
-        except zlib.error as error:
-            raise InputError(f"{self.what} is not a valid zlib stream ({error})") from None
-        if len(data) > room:
-            raise InputError(f"{self.what} inflates to more than the {len(self.buffer)} bytes its dtype and shape "
-                             "describe")
-        self.buffer[self.filled:self.filled + len(data)] = data
-        self.filled += len(data)
+            limit = min(room + 1, self.PIECE)
+            try:
+                data = self._inflater.decompress(pending, limit)
+            except zlib.error as error:
+                raise InputError(f"{self.what} is not a valid zlib stream ({error})") from None
+            if len(data) > room:
+                raise InputError(f"{self.what} inflates to more than the {self.nbytes} bytes its dtype and shape "
+                                 "describe")
+            self.buffer += data
+            pending = self._inflater.unconsumed_tail
+            if not pending and len(data) < limit:
+                return
 
     def finish(self) -> bytearray:
         """The inflated bytes, once the stream is complete and exactly filled the buffer."""
-        if not self._inflater.eof or self.filled != len(self.buffer):
-            raise InputError(f"{self.what} is truncated: it inflates to {self.filled} of the {len(self.buffer)} bytes "
+        if not self._inflater.eof or self.filled != self.nbytes:
+            raise InputError(f"{self.what} is truncated: it inflates to {self.filled} of the {self.nbytes} bytes "
                              "its dtype and shape describe")
         if self._inflater.unused_data:
             raise InputError(f"{self.what} has {len(self._inflater.unused_data)} bytes after the end of its zlib "
@@ -148,8 +162,8 @@ def decode_base64(text: str, what: str) -> bytes:
 
 
 def require_finite(array: np.ndarray, what: str) -> None:
-    """InputError naming the count of NaN/inf voxels of a floating-point array."""
-    if array.dtype.kind == "f":
-        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
-        if bad:
-            raise InputError(f"{what} has {bad} NaN or infinite voxels")
+    """InputError naming the count of voxels that are NaN, infinite or beyond float32 (the model's type)."""
+    bad = count_unusable_voxels(array)
+    if bad:
+        raise InputError(f"{what} has {bad} NaN or infinite voxels, or voxels beyond the float32 range the model "
+                         "computes in")
