@@ -186,3 +186,21 @@ def complete(prefix: str, limit: int = 10) -> list[str]:
 
 def color(name: str) -> tuple[int, int, int]:
     return default_vocabulary().color(name)
+
+
+def vocabulary_marks(text: str) -> dict:
+    """How a prompt's result is marked: {"in_vocabulary": whether it names a known structure, "suggestions": the
+    closest known names when it does not}. The model segments free text too; the mark says it was not checked."""
+    known = lookup(text) is not None
+    return {"in_vocabulary": known, "suggestions": [] if known else suggest(text)}
+
+
+def out_of_vocabulary_warning(text: str) -> str | None:
+    """One line for a prompt the vocabulary does not know (None when it does), with "did you mean" names."""
+    marks = vocabulary_marks(text)
+    if marks["in_vocabulary"]:
+        return None
+    closest = f" (did you mean {' or '.join(repr(name) for name in marks['suggestions'])}?)" \
+        if marks["suggestions"] else ""
+    return (f"{text!r} is not a structure the vocabulary knows{closest}; it is segmented as free text, unchecked, "
+            "and its result is marked out of vocabulary")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from medals.server.cache import CachedImage, ImageCache
-from medals.server.errors import ImageNotFound, PayloadTooLarge
+from medals.server.errors import CacheBusy, ImageNotFound, PayloadTooLarge
 
 
 def image(name: str, nbytes: int) -> CachedImage:
@@ -47,3 +47,24 @@ def test_cache_stores_a_repeated_upload_once():
     cache.put(image("a", 100))
     cache.put(image("a", 100))
     assert (len(cache), cache.nbytes) == (1, 100)
+
+
+def test_a_reservation_evicts_to_make_room_and_its_put_takes_over_the_bytes():
+    cache = ImageCache(max_bytes=300)
+    cache.put(image("a", 100))
+    cache.put(image("b", 100))
+    with cache.reservation(150) as put:
+        assert "a" not in cache and "b" in cache  # cached + reserved stay within the budget
+        put(image("c", 150))
+    cache.put(image("d", 50))
+    assert "b" in cache and "c" in cache and "d" in cache and cache.nbytes == 300
+
+
+def test_uploads_in_progress_cannot_reserve_more_than_the_budget():
+    cache = ImageCache(max_bytes=300)
+    with cache.reservation(200):
+        with pytest.raises(CacheBusy, match="uploads in progress already hold 200"):
+            with cache.reservation(200):
+                pass
+    with cache.reservation(300):  # released when the first upload ended, even without a put
+        pass

@@ -7,24 +7,33 @@
 
 Each run writes the label map(s), a JSON report (per class: voxels, volume in ml, mean confidence) and, with
 --probabilities, one probability map per class. Progress bars show every window of every stage.
+
+Every destination is checked before any work: none may be an input (however it is spelled or linked), no two
+outputs may share a path, and each must be writable. Files are written beside their destination and renamed
+into place. A folder run goes on past a case that fails, and its report says which failed and why. A prompt the
+vocabulary does not know is segmented as free text (the model reads any text), with a warning naming the closest
+known structures, and is marked `"in_vocabulary": false` in the report.
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, MedalSError
 from ..intensity import resolve_window, to_model_range
-from ..io import Volume, case_name, format_of, list_volume_files, read_volume, write_labels, write_volume
+from ..io import (MAX_VOXELS, Volume, case_name, check_writable, format_of, list_volume_files, read_volume,
+                  write_labels, write_volume)
 from ..modality import detect_modality
 from ..pipeline import Prompt, SegmentOptions, segment
 from ..pipeline.request import ProgressEvent
 from ..pipeline.zoom import repair_spacing
+from ..vocabulary import out_of_vocabulary_warning, vocabulary_marks
 from ..weights import load_model
 
 DEFAULT_SUFFIX = ".nii.gz"
@@ -49,14 +58,14 @@ def _challenge_prompts(volume) -> tuple[list[Prompt], bool]:
     return prompts, instance
 
 
-def _masks(specifications: list[str], volume) -> dict[int, np.ndarray]:
+def _masks(specifications: list[str], volume, max_voxels: int) -> dict[int, np.ndarray]:
     """--mask LABEL=FILE → {label: bool mask}; each mask file must lie on the image's grid."""
     masks = {}
     for specification in specifications:
         label, separator, path = specification.partition("=")
         if not separator or not label.strip().isdigit():
             raise InputError(f"--mask {specification!r}: expected LABEL=FILE, e.g. --mask 2=spleen_seed.nii.gz")
-        mask = read_volume(path)
+        mask = read_volume(path, max_voxels)
         if mask.shape != volume.shape:
             raise InputError(f"--mask {specification!r}: shape {mask.shape} differs from the image's {volume.shape}")
         masks[int(label)] = mask.array > 0
@@ -95,15 +104,57 @@ def _output_paths(inputs: list[Path], output: Path, batch: bool) -> list[Path]:
     return [output / (case_name(path) + (".npz" if format_of(path) == "npz" else DEFAULT_SUFFIX)) for path in inputs]
 
 
-def segment_file(run, path: Path, output: Path, args, bars: StageBars) -> dict:
+def probability_path(output: Path, label: int) -> Path:
+    """Where the probability map of `label` goes beside the label map `output`."""
+    return output.parent / f"{case_name(output)}_probability_{label}{DEFAULT_SUFFIX}"
+
+
+class Destinations:
+    """The paths a run writes, each claimed before anything is written: never an input (compared as resolved
+    paths and as files, so `./../dir/a.nii.gz`, links and hard links count), never twice, always writable."""
+
+    def __init__(self, inputs: list[Path]):
+        self.inputs = {os.path.realpath(path): path for path in inputs}
+        self.input_files = {_file_identity(path): path for path in inputs if path.is_file()}
+        self.claimed: dict[str, str] = {}
+
+    def claim(self, path: Path, what: str) -> Path:
+        key = os.path.realpath(path)
+        source = self.inputs.get(key) or self.input_files.get(_file_identity(path))
+        if source is not None:
+            raise InputError(f"{path}: {what} would overwrite the input {source}; choose another output")
+        if key in self.claimed:
+            raise InputError(f"{path}: {self.claimed[key]} and {what} would both be written there; rename an input "
+                             "or choose another output")
+        check_writable(path)
+        self.claimed[key] = what
+        return path
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _mask_files(specifications: list[str]) -> list[Path]:
+    return [Path(specification.partition("=")[2]) for specification in specifications if "=" in specification]
+
+
+def segment_file(run, path: Path, output: Path, args, bars: StageBars, destinations: Destinations) -> dict:
     """Segment one image file with `run` (pipeline.segment's signature without model and device), write its
     label map (and probability maps); returns its report entry."""
-    volume = read_volume(path)
+    volume = read_volume(path, args.max_voxels)
     challenge = volume.extras.get("format") == "npz" and not args.prompt
     if challenge:
         prompts, instance = _challenge_prompts(volume)
         if not prompts:
             raise InputError(f"{path}: no -p prompts given and the file has no text_prompts")
+        for prompt in prompts if args.probabilities else []:  # known only now: claimed before the run
+            destinations.claim(probability_path(output, prompt.label), f"the probability map {prompt.label} of "
+                                                                      f"{path.name}")
     else:
         if not args.prompt:
             raise InputError("give at least one prompt with -p TEXT")
@@ -120,30 +171,58 @@ def segment_file(run, path: Path, output: Path, args, bars: StageBars) -> dict:
     start = time.perf_counter()
     try:
         result = run(image, spacing, prompts, direction=None if npz else volume.direction, modality=modality,
-                     masks=_masks(args.mask, volume), options=options, progress=bars)
+                     masks=_masks(args.mask, volume, args.max_voxels), options=options, progress=bars)
     finally:
         bars.close()
     seconds = time.perf_counter() - start
     write_labels(result.labels, volume, output)
+    texts = {prompt.label: prompt.text for prompt in prompts}
     report = {"image": str(path), "labels": str(output), "modality": result.modality,
               "box": list(result.box), "seconds": round(seconds, 2),
-              "classes": {str(label): stats for label, stats in result.stats.items()}}
+              "classes": {str(label): {**stats, **vocabulary_marks(texts.get(label, stats["name"]))}
+                          for label, stats in result.stats.items()}}
     if result.probabilities:
-        stem = output.parent / case_name(output)
         report["probabilities"] = {}
         for label, probability in result.probabilities.items():
-            target = stem.parent / f"{stem.name}_probability_{label}{DEFAULT_SUFFIX}"
+            target = probability_path(output, label)
             write_volume(Volume(probability, volume.spacing, volume.origin, volume.direction), target)
             report["probabilities"][str(label)] = str(target)
     return report
 
 
 def _summary(report: dict) -> str:
+    if "error" in report:
+        return f"{report['image']}: failed: {report['error']}"
     lines = [f"{report['image']} → {report['labels']} ({report['modality']}, {report['seconds']} s)"]
     for label, stats in report["classes"].items():
+        free_text = "" if stats.get("in_vocabulary", True) else "   (free text, not in the vocabulary)"
         lines.append(f"  {label:>5} {stats['name']:<30} {stats['volume_ml']:>10.2f} ml   "
-                     f"confidence {stats['mean_confidence']:.2f}")
+                     f"confidence {stats['mean_confidence']:.2f}{free_text}")
     return "\n".join(lines)
+
+
+def _plan(args, source: Path, output: Path, batch: bool) -> tuple[list[Path], list[Path], Path, Destinations]:
+    """Inputs, their label-map outputs, the report path and the claimed destinations, all checked before the
+    run: an output that is an input, two outputs on one path, or an unwritable place is an error now."""
+    inputs = list_volume_files(source) if batch else [source]
+    outputs = _output_paths(inputs, output, batch)
+    report_path = Path(args.report) if args.report else \
+        (output / "report.json" if batch else output.parent / f"{case_name(output)}_report.json")
+    destinations = Destinations([*inputs, *_mask_files(args.mask)])
+    for path, target in zip(inputs, outputs):
+        destinations.claim(target, f"the label map of {path.name}")
+        labels = args.label or range(1, len(args.prompt) + 1)
+        for label in labels if args.probabilities and args.prompt else []:
+            destinations.claim(probability_path(target, label), f"the probability map {label} of {path.name}")
+    destinations.claim(report_path, "the report")
+    return inputs, outputs, report_path, destinations
+
+
+def _write_report(reports: list[dict], path: Path, batch: bool) -> None:
+    """The JSON report, written beside its place and renamed into it."""
+    staged = path.with_name(f".{path.name}.partial")
+    staged.write_text(json.dumps(reports if batch else reports[0], indent=2) + "\n")
+    os.replace(staged, path)
 
 
 def run_segment(args) -> int:
@@ -151,8 +230,11 @@ def run_segment(args) -> int:
 
     source, output = Path(args.image), Path(args.output)
     batch = source.is_dir() and bool(list_volume_files(source))
-    inputs = list_volume_files(source) if batch else [source]
-    outputs = _output_paths(inputs, output, batch)
+    inputs, outputs, report_path, destinations = _plan(args, source, output, batch)
+    for text in filter(str.strip, args.prompt):  # a blank prompt is refused by the run itself
+        warning = out_of_vocabulary_warning(text)
+        if warning:
+            print(f"medals: warning: {warning}", file=sys.stderr, flush=True)
     if args.server:
         from ..server.remote import segment_remote
 
@@ -162,15 +244,24 @@ def run_segment(args) -> int:
         run = functools.partial(segment, load_model(args.model, device), device=device)
     bars = StageBars(not args.quiet)
     reports = []
-    for number, (path, target) in enumerate(zip(inputs, outputs), start=1):
-        if batch and not args.quiet:
-            print(f"[{number}/{len(inputs)}] {path.name}", flush=True)
-        reports.append(segment_file(run, path, target, args, bars))
-        print(_summary(reports[-1]), flush=True)
-    report_path = Path(args.report) if args.report else \
-        (output / "report.json" if batch else output.parent / f"{case_name(output)}_report.json")
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(reports if batch else reports[0], indent=2) + "\n")
+    try:
+        for number, (path, target) in enumerate(zip(inputs, outputs), start=1):
+            if batch and not args.quiet:
+                print(f"[{number}/{len(inputs)}] {path.name}", flush=True)
+            try:
+                reports.append(segment_file(run, path, target, args, bars, destinations))
+            except Exception as error:  # noqa: BLE001 - one bad case must not end a folder run
+                if not batch:
+                    raise
+                kind = "" if isinstance(error, MedalSError) else f"internal error ({type(error).__name__}): "
+                reports.append({"image": str(path), "error": f"{kind}{error}"})
+            print(_summary(reports[-1]), flush=True)
+    finally:
+        if reports:
+            _write_report(reports, report_path, batch)
+    failed = [report["image"] for report in reports if "error" in report]
+    if failed:
+        raise MedalSError(f"{len(failed)} of {len(inputs)} images failed ({', '.join(failed)}); {report_path} says why")
     return 0
 
 
@@ -202,6 +293,8 @@ def register(subparsers) -> None:
     parser.add_argument("--keep-largest", action="store_true", help="keep only the largest component of each label")
     parser.add_argument("--probabilities", action="store_true", help="also write one probability map per class")
     parser.add_argument("--ct-window", metavar="PRESET", help="CT window preset for HU images (default soft tissue)")
+    parser.add_argument("--max-voxels", type=int, default=MAX_VOXELS, metavar="N",
+                        help=f"refuse larger images, from their header (default {MAX_VOXELS})")
     parser.add_argument("--window-batch", type=int, default=1, metavar="N", help="windows per forward (GPU)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_segment)

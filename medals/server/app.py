@@ -60,7 +60,11 @@ DIRECTION_PATTERN = r"^[^,]+(,[^,]+){8}$"
 
 # Codes for the errors the framework raises itself (unknown route, wrong method, a body cut off while counting).
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 408: "body_timeout", 413: "payload_too_large"}
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413)}
+def errors_of(*statuses: int) -> dict:
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+ERRORS = errors_of(400, 401, 404, 413)
 BINARY_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 JOB_REQUEST_BODY = {"requestBody": {"required": True, "content": {
@@ -203,7 +207,8 @@ def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> F
                            "max_prompt_chars": limits.max_prompt_chars, "cache_bytes": limits.cache_bytes},
                 "queue_length": queue.length()}
 
-    @app.post(UPLOAD_PATH, response_model=ImageRecord, responses=ERRORS, openapi_extra=BINARY_BODY)
+    @app.post(UPLOAD_PATH, response_model=ImageRecord, responses={**ERRORS, **errors_of(408, 503)},
+              openapi_extra=BINARY_BODY)
     async def upload_image(request: Request,
                            dtype: Annotated[Literal[wire.IMAGE_DTYPES], Header(alias="X-Medals-Dtype")],
                            shape: Annotated[str, Header(alias="X-Medals-Shape", pattern=SHAPE_PATTERN,
@@ -234,8 +239,8 @@ def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> F
     def image_record(image_id: Annotated[str, Path(pattern=IMAGE_ID_PATTERN)]):
         return cache.get(image_id).describe()
 
-    @app.post(f"{API_PREFIX}/jobs", response_model=JobStatus, status_code=202, responses={**ERRORS, 503: {
-        "model": ErrorBody}}, openapi_extra=JOB_REQUEST_BODY)
+    @app.post(f"{API_PREFIX}/jobs", response_model=JobStatus, status_code=202,
+              responses={**ERRORS, **errors_of(408, 409, 503)}, openapi_extra=JOB_REQUEST_BODY)
     async def submit_job(request: Request):
         """Queue a segmentation of an uploaded image; poll the returned job for progress and its result."""
         body = await request.body()

@@ -16,7 +16,7 @@ from ..device import describe
 from ..errors import InputError
 from ..pipeline import segment
 from ..pipeline.request import Prompt, SegmentOptions
-from ..vocabulary import Vocabulary, default_vocabulary
+from ..vocabulary import Vocabulary, default_vocabulary, vocabulary_marks
 from ..weights import list_models, load_model
 from . import wire
 from .cache import CachedImage
@@ -211,10 +211,12 @@ class Engine:
         labels = np.ascontiguousarray(result.labels[box], dtype=np.int16)
         probabilities = {label: wire.deflate_array(wire.quantize_probability(probability[box]))
                          for label, probability in (result.probabilities or {}).items()}
+        texts = {prompt.label: prompt.text for prompt in call.prompts}
         stats = {str(label): {"name": str(values["name"]), "voxels": int(values["voxels"]),
                               "volume_ml": float(values["volume_ml"]),
                               "mean_confidence": None if values.get("mean_confidence") is None
-                              else float(values["mean_confidence"])}
+                              else float(values["mean_confidence"]),
+                              **vocabulary_marks(texts.get(label, str(values["name"])))}
                  for label, values in result.stats.items()}
         info = {"box": [int(v) for v in result.box], "shape": list(labels.shape), "dtype": "int16",
                 "image_shape": list(call.image.shape), "modality": result.modality, "stats": stats,

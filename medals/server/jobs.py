@@ -41,7 +41,7 @@ class Job:
         self.cancel = threading.Event()
         self.version = 0
         """Counts every change a client could see (state, progress, queue position), for long polls."""
-        self._change = threading.Condition()
+        self._change = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._stage_started = time.monotonic()
         self.started: float | None = None
@@ -64,18 +64,13 @@ class Job:
         """Wake the clients waiting for this job to change."""
         with self._change:
             self.version += 1
-            self._change.notify_all()
             waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
             loop.call_soon_threadsafe(_settle, future)
 
-    def wait_for_change(self, after: int, timeout: float) -> None:
-        """Return once `version` passed `after`, or after `timeout` seconds."""
-        with self._change:
-            self._change.wait_for(lambda: self.version > after, timeout)
-
     async def changed_after(self, after: int, timeout: float) -> None:
-        """`wait_for_change` for the event loop: awaits without holding a thread."""
+        """Return once `version` passed `after`, or after `timeout` seconds; awaited on the event loop, holding no
+        thread (changes come from the worker thread)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._change:

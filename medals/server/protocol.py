@@ -170,6 +170,10 @@ class ClassStats(BaseModel):
     voxels: int
     volume_ml: float
     mean_confidence: float | None = None
+    in_vocabulary: bool = Field(True, description="The prompt names a structure of the vocabulary; false: free text, "
+                                                  "segmented as the model reads it but unchecked")
+    suggestions: list[str] = Field(default_factory=list, description="The closest known names of a prompt out of "
+                                                                    "the vocabulary (\"did you mean\")")
 
 
 class ResultInfo(Strict):

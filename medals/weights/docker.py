@@ -24,6 +24,12 @@ from pathlib import Path, PurePosixPath
 from ..errors import WeightsError
 from .official import TEXT_ENCODER_FILE, TOWER_FOLDER_PREFIX, TOWER_WEIGHT_SUFFIXES, is_stage_file
 
+MAX_MANIFEST_BYTES = 1 << 20
+"""`manifest.json` of a one-image archive: a few hundred bytes per layer."""
+MAX_RELEASE_FILE_BYTES = 1 << 30
+"""A stage checkpoint or the text encoder (the official ones are a few hundred MB each)."""
+MAX_TOWER_FILE_BYTES = 64 << 20
+"""A tower folder's configuration or tokenizer file (weights are not taken from it)."""
 STAGING_DIR = ".layers"
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
@@ -45,6 +51,12 @@ def is_candidate(path: str) -> bool:
     if is_stage_file(name) or name == TEXT_ENCODER_FILE:
         return True
     return len(parts) >= 2 and parts[-2].startswith(TOWER_FOLDER_PREFIX) and not name.endswith(TOWER_WEIGHT_SUFFIXES)
+
+
+def size_limit(path: str) -> int:
+    """The most bytes a release file at this image path may hold (checked before it is copied)."""
+    name = posixpath.basename(path)
+    return MAX_RELEASE_FILE_BYTES if is_stage_file(name) or name == TEXT_ENCODER_FILE else MAX_TOWER_FILE_BYTES
 
 
 @dataclass
@@ -80,6 +92,10 @@ def _scan_layer(layer: tarfile.TarFile, staging: Path, archive: Path) -> LayerFi
             if not member.isfile():
                 record.whiteouts.append(path)  # a link or folder where a release file was: not usable
                 continue
+            limit = size_limit(path)
+            if member.size > limit:
+                raise WeightsError(f"{archive}: layer member {member.name!r} holds {member.size} bytes, over the "
+                                   f"{limit} a release file of its kind can have")
             target = staging.joinpath(*relative.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             with layer.extractfile(member) as source, open(target, "wb") as sink:
@@ -97,6 +113,9 @@ def _scan_archive(archive: Path, staging_root: Path, log: Callable[[str], None])
                 continue
             name = image_path(member.name)
             if name == "manifest.json":
+                if member.size > MAX_MANIFEST_BYTES:
+                    raise WeightsError(f"{archive}: manifest.json holds {member.size} bytes, over the "
+                                       f"{MAX_MANIFEST_BYTES} of a one-image manifest")
                 manifest = json.load(outer.extractfile(member))
                 continue
             try:
@@ -108,9 +127,14 @@ def _scan_archive(archive: Path, staging_root: Path, log: Callable[[str], None])
                 layers[name] = _scan_layer(layer, staging_root / str(len(layers)), archive)
     if manifest is None:
         raise WeightsError(f"{archive}: no manifest.json (not an archive written by `docker save`)")
-    if not isinstance(manifest, list) or len(manifest) != 1 or "Layers" not in manifest[0]:
+    if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict) \
+            or "Layers" not in manifest[0]:
         raise WeightsError(f"{archive}: manifest.json must describe exactly one image")
-    return [image_path(name) for name in manifest[0]["Layers"]], layers
+    order = manifest[0]["Layers"]
+    if not isinstance(order, list) or not all(isinstance(name, str) for name in order):
+        raise WeightsError(f"{archive}: manifest.json's Layers must be a list of layer file names, found "
+                           f"{order!r:.200}")
+    return [image_path(name) for name in order], layers
 
 
 def compose_layers(order: list, layers: dict, archive: Path) -> dict:
