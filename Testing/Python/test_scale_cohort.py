@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medals.cli import main
 from medals.cohort import assign
 from medals.demo import DEMO_MODEL, SAMPLES
-from medals.io import read_volume
+from medals.io import Volume, read_volume, write_volume
+from medals.weights.testing import make_tiny_model
 
 REAL_IMAGES = (SAMPLES / "mni152_t1.nii.gz", Path("/usr/share/mricron/templates/ch2bet.nii.gz"),
                Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz"))
@@ -116,3 +118,27 @@ def test_resume_segments_only_the_missing_images_and_keeps_the_report(cohort):
     assert comparable(again, folder / "ranks") == comparable(one, folder / "single")
     np.testing.assert_array_equal(read_volume(folder / "ranks" / missing).array,
                                   read_volume(folder / "single" / missing).array)
+
+
+def test_resume_in_one_process_keeps_finished_outputs_and_their_report_entries(tmp_path):
+    """The same --resume without torchrun, quickly: the tiny model on two small images."""
+    model = make_tiny_model(tmp_path / "tiny")
+    images = tmp_path / "images"
+    for seed, name in enumerate(("a.nii.gz", "b.nii.gz")):
+        array = np.random.default_rng(seed).integers(0, 255, (12, 24, 24)).astype(np.uint8)
+        write_volume(Volume(array, (2.0, 1.5, 1.5)), images / name)
+    command = ["segment", str(images), "-p", "brain", "--modality", "mri", "--model", str(model), "--device", "cpu",
+               "-q", "-o", str(tmp_path / "out")]
+    assert main(command) == 0
+    first = json.loads((tmp_path / "out" / "report.json").read_text())
+    kept = (tmp_path / "out" / "a.nii.gz").stat().st_mtime_ns
+    (tmp_path / "out" / "b.nii.gz").unlink()
+    assert main([*command, "--resume"]) == 0
+    again = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert again[0] == first[0] and (tmp_path / "out" / "a.nii.gz").stat().st_mtime_ns == kept
+    assert comparable(again[1:], tmp_path / "out") == comparable(first[1:], tmp_path / "out")
+    (tmp_path / "out" / "report.json").unlink()  # without the earlier report, a skipped image is still listed
+    assert main([*command, "--resume"]) == 0
+    skipped = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [entry.get("skipped") for entry in skipped] == ["its output exists"] * 2
+    assert [Path(entry["image"]).name for entry in skipped] == ["a.nii.gz", "b.nii.gz"]
