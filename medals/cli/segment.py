@@ -4,6 +4,7 @@
     medals segment case.npz -o out/case.npz                 # challenge case: prompts from its text_prompts
     medals segment scans/ -p "liver" -o results/            # every image of a folder
     medals segment CT.nii.gz -p "liver" -o out.nii.gz --server http://gpu-box:8765 --token T   # a remote engine
+    torchrun --nproc_per_node 4 -m medals.cli segment scans/ -p "liver" -o results/ --resume    # 4 GPUs share a folder
 
 Each run writes the label map(s), a JSON report (per class: voxels, volume in ml, mean confidence) and, with
 --probabilities, one probability map per class. Progress bars show every window of every stage.
@@ -13,6 +14,9 @@ outputs may share a path, and each must be writable. Files are written beside th
 into place. A folder run goes on past a case that fails, and its report says which failed and why. A prompt the
 vocabulary does not know is segmented as free text (the model reads any text), with a warning naming the closest
 known structures, and is marked `"in_vocabulary": false` in the report.
+
+Under torchrun the processes share a folder's images (`medals.cohort`): each image is segmented by one of them and
+rank 0 writes the one report a single process would. `--resume` skips the images whose outputs exist.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cohort import Cohort, assign
 from ..errors import InputError, MedalSError
 from ..intensity import resolve_window, to_model_range
 from ..io import (MAX_VOXELS, Volume, case_name, check_writable, format_of, list_volume_files, read_volume,
@@ -225,44 +230,93 @@ def _write_report(reports: list[dict], path: Path, batch: bool) -> None:
     os.replace(staged, path)
 
 
-def run_segment(args) -> int:
-    from ..device import pick_device
+def _finished(args, outputs: list[Path], report_path: Path) -> dict[int, dict]:
+    """With --resume, the cases whose label map (and asked-for probability maps) exist already, by index, each with
+    its entry from the earlier report when that lists it, else one that says it was skipped."""
+    if not args.resume:
+        return {}
+    earlier = {}
+    try:
+        listed = json.loads(report_path.read_text()) if report_path.is_file() else []
+        earlier = {entry["labels"]: entry for entry in listed if isinstance(entry, dict) and "labels" in entry}
+    except (OSError, ValueError, TypeError):  # an unreadable earlier report only costs the skipped cases' details
+        pass
+    labels = args.label or range(1, len(args.prompt) + 1)
+    finished = {}
+    for index, output in enumerate(outputs):
+        wanted = [output, *(probability_path(output, label) for label in labels if args.probabilities)]
+        if all(path.is_file() for path in wanted):
+            finished[index] = earlier.get(str(output)) or {"labels": str(output), "skipped": "its output exists"}
+    return finished
 
+
+def run_segment(args) -> int:
     source, output = Path(args.image), Path(args.output)
     batch = source.is_dir() and bool(list_volume_files(source))
     inputs, outputs, report_path, destinations = _plan(args, source, output, batch)
-    for text in filter(str.strip, args.prompt):  # a blank prompt is refused by the run itself
+    cohort = Cohort.join(args.device, needs_device=not args.server)
+    try:
+        return _run_cases(args, cohort, batch, inputs, outputs, report_path, destinations)
+    finally:
+        cohort.leave()
+
+
+def _run_cases(args, cohort, batch: bool, inputs: list[Path], outputs: list[Path], report_path: Path,
+               destinations: Destinations) -> int:
+    """This process's share of the cases; rank 0 (the only one without torchrun) writes the report of all."""
+    for text in filter(str.strip, args.prompt) if cohort.is_main else ():  # a blank prompt is refused by the run
         warning = out_of_vocabulary_warning(text)
         if warning:
             print(f"medals: warning: {warning}", file=sys.stderr, flush=True)
+    # Rank 0 alone looks at which outputs exist and shares out the rest, so every case is segmented once.
+    finished, owners = cohort.decide(lambda: _share(args, inputs, outputs, report_path, cohort.world_size))
     if args.server:
         from ..server.remote import segment_remote
 
         run = functools.partial(segment_remote, args.server, token=args.token or os.environ.get("MEDALS_SERVER_TOKEN"))
     else:
-        device = pick_device(args.device)
-        run = functools.partial(segment, load_model(args.model, device), device=device)
+        run = functools.partial(segment, load_model(args.model, cohort.device), device=cohort.device)
     bars = StageBars(not args.quiet)
-    reports = []
+    mine = [index for index, owner in enumerate(owners) if owner == cohort.rank]
+    where = f"rank {cohort.rank}: " if cohort.world_size > 1 else ""
+    reports = {index: {"image": str(inputs[index]), **entry} for index, entry in finished.items()} \
+        if cohort.is_main else {}
     try:
-        for number, (path, target) in enumerate(zip(inputs, outputs), start=1):
+        for number, index in enumerate(mine, start=1):
+            path, target = inputs[index], outputs[index]
             if batch and not args.quiet:
-                print(f"[{number}/{len(inputs)}] {path.name}", flush=True)
+                print(f"{where}[{number}/{len(mine)}] {path.name}", flush=True)
             try:
-                reports.append(segment_file(run, path, target, args, bars, destinations))
+                reports[index] = segment_file(run, path, target, args, bars, destinations)
             except Exception as error:  # noqa: BLE001 - one bad case must not end a folder run
                 if not batch:
                     raise
                 kind = "" if isinstance(error, MedalSError) else f"internal error ({type(error).__name__}): "
-                reports.append({"image": str(path), "error": f"{kind}{error}"})
-            print(_summary(reports[-1]), flush=True)
+                reports[index] = {"image": str(path), "error": f"{kind}{error}"}
+            print(where + _summary(reports[index]), flush=True)
+        reports = cohort.gather(reports)
     finally:
-        if reports:
-            _write_report(reports, report_path, batch)
-    failed = [report["image"] for report in reports if "error" in report]
+        if reports and cohort.is_main:
+            _write_report([reports[index] for index in sorted(reports)], report_path, batch)
+    if not cohort.is_main:
+        return 0
+    failed = [report["image"] for report in reports.values() if "error" in report]
     if failed:
         raise MedalSError(f"{len(failed)} of {len(inputs)} images failed ({', '.join(failed)}); {report_path} says why")
     return 0
+
+
+def _share(args, inputs: list[Path], outputs: list[Path], report_path: Path, ranks: int):
+    """(the finished cases with their entries, the rank of every other case): the decision rank 0 hands out."""
+    finished = _finished(args, outputs, report_path)
+    return finished, assign([None if index in finished else _size(path) for index, path in enumerate(inputs)],
+                            ranks)
+
+
+def _size(path: Path) -> int:
+    """Bytes of an image file (or DICOM folder): the work it stands for when cases are shared out."""
+    return sum(part.stat().st_size for part in path.rglob("*") if part.is_file()) if path.is_dir() \
+        else path.stat().st_size
 
 
 def register(subparsers) -> None:
@@ -282,6 +336,8 @@ def register(subparsers) -> None:
     parser.add_argument("-o", "--output", required=True,
                         help="label map file (format from its extension), or a folder for a folder of images")
     parser.add_argument("--report", help="JSON report path (default: beside the output)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the images whose outputs exist already (an interrupted folder run, a cohort)")
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
     parser.add_argument("--server", metavar="URL", help="run on the engine server at URL instead of in this process")
     parser.add_argument("--token", help="the server's token (default: $MEDALS_SERVER_TOKEN)")

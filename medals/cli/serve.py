@@ -92,10 +92,11 @@ def run_serve(args) -> int:
     import uvicorn
 
     from ..server.app import create_app
+    from ..server.devices import parse_devices
     from ..server.engine import Engine
 
     check_exposure(args.host, args.token)
-    engine = Engine.load(args.model, args.device)
+    engine = Engine.load(args.model, parse_devices(args.device))
     app = create_app(engine, limits_from(args), args.token)
     sock = bind(args.host, args.port)
     url = url_of(sock)
@@ -126,7 +127,10 @@ def register(subparsers) -> None:
     serve.add_argument("--token", default=os.environ.get(TOKEN_VARIABLE),
                        help=f"bearer token clients must send (default: ${TOKEN_VARIABLE}; prefer the variable, a "
                             "command line is visible to other users)")
-    serve.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
+    serve.add_argument("--device", "--devices", action="append", metavar="DEVICES",
+                       help="cuda, cuda:N or cpu (default: CUDA when present); several, comma-separated or repeated "
+                            "(cuda:0,cuda:1), run one model replica and one job at a time on each, fed from one "
+                            "queue; a device listed twice gets two workers (cpu,cpu: each with half the threads)")
     serve.add_argument("--model", default=None, help="model name or model folder (default: the only installed "
                                                      "model, else the bundled demo model)")
     serve.add_argument("--cache-mb", type=float, default=defaults.cache_bytes // MIB,

@@ -2,7 +2,7 @@
 
     GET  /health                    public, unversioned (every version keeps it): protocol and engine versions
     GET  /v1/openapi.json           public: this protocol as OpenAPI
-    GET  /v1/info                   device, memory, models, vocabulary, limits
+    GET  /v1/info                   devices and their memory, models, vocabulary, limits
     POST /v1/images                 binary body (zlib of little-endian voxels) + X-Medals-* geometry headers
     GET  /v1/images/{image_id}      is this image still cached? (404 → upload again)
     POST /v1/jobs                   JobRequest → JobStatus (queued)
@@ -155,13 +155,13 @@ def job_status(job: Job, queue: JobQueue) -> dict:
 
 
 def create_app(engine, limits: Limits = Limits(), token: str | None = None) -> FastAPI:
-    """The application around one loaded `engine` (see `medals.server.engine.Engine`).
+    """The application around one loaded `engine` (see `medals.server.engine.Engine`), one queue worker per device.
 
     `token`: required as a bearer token on every route but health and the OpenAPI document; None allows
     anyone who can reach the port (the CLI only permits that on loopback).
     """
     cache = ImageCache(limits.cache_bytes)
-    queue = JobQueue(engine.run, limits.max_waiting_jobs, limits.max_finished_jobs)
+    queue = JobQueue(engine.workers(), limits.max_waiting_jobs, limits.max_finished_jobs)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -1,16 +1,18 @@
-"""The server's engine: one loaded model, requests checked against their image, and the job function.
+"""The server's engine: the model loaded on each of its devices, requests checked against their image, and the
+job function.
 
-`prepare` runs in the request (so a bad request is answered 400 before it is queued); `run` runs on the
-queue's single worker thread, the only place the model is used.
+`prepare` runs in the request (so a bad request is answered 400 before it is queued); `run` runs on a worker
+thread of the queue, one per replica, the only place that replica is used.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..config import MODALITIES
-from ..device import describe, pick_device
+from ..device import describe
 from ..errors import InputError
 from ..pipeline import segment
 from ..pipeline.request import Prompt, SegmentOptions
@@ -18,6 +20,7 @@ from ..vocabulary import Vocabulary, default_vocabulary, vocabulary_marks
 from ..weights import list_models, load_model
 from . import wire
 from .cache import CachedImage
+from .devices import Replica, load_replicas
 from .jobs import Job
 from .protocol import JobRequest, Limits, MaskBody
 
@@ -160,24 +163,33 @@ def published_vocabulary(vocabulary: Vocabulary) -> list[dict]:
 
 
 class Engine:
-    """One model kept loaded on `device`, described for the info endpoint and run by the job queue."""
+    """One model kept loaded on each of its devices (`replicas`), described for the info endpoint and run by the
+    job queue, one worker per replica."""
 
-    def __init__(self, model, model_name: str, device, installed_models: list[str], vocabulary: list[dict]):
-        self.model, self.model_name, self.device = model, model_name, device
+    def __init__(self, replicas: list[Replica], model_name: str, installed_models: list[str],
+                 vocabulary: list[dict]):
+        self.replicas, self.model_name = replicas, model_name
         self.installed_models, self.vocabulary = installed_models, vocabulary
 
     @classmethod
-    def load(cls, name_or_path: str | None, device: str | None) -> "Engine":
-        """Load a model once: an installed name or a model folder; None means the only installed model."""
+    def load(cls, name_or_path: str | None, devices: list[str | None]) -> "Engine":
+        """Load a model once per device: an installed name or a model folder; None means the only installed model,
+        a None device the one `pick_device` chooses."""
         installed = [model.name for model in list_models()]
-        torch_device = pick_device(device)
-        model = load_model(name_or_path, torch_device)
-        return cls(model, model.config.name, torch_device, installed, published_vocabulary(default_vocabulary()))
+        replicas = load_replicas(functools.partial(load_model, name_or_path), devices)
+        return cls(replicas, replicas[0].model.config.name, installed, published_vocabulary(default_vocabulary()))
 
     def describe(self) -> dict:
-        """The info endpoint's engine part: device and its memory now, models, modalities, vocabulary."""
-        return {"device": describe(self.device), "model": self.model_name, "installed_models": self.installed_models,
-                "modalities": list(MODALITIES), "vocabulary": self.vocabulary}
+        """The info endpoint's engine part: every device and its memory now (`device`: the first), models,
+        modalities, vocabulary."""
+        devices = [describe(replica.device) for replica in self.replicas]
+        return {"device": devices[0], "devices": devices, "model": self.model_name,
+                "installed_models": self.installed_models, "modalities": list(MODALITIES),
+                "vocabulary": self.vocabulary}
+
+    def workers(self) -> list:
+        """The job function of each replica, for the queue's workers."""
+        return [functools.partial(self.run, replica=replica) for replica in self.replicas]
 
     def prepare(self, request: JobRequest, image: CachedImage, limits: Limits) -> SegmentCall:
         """The validated pipeline call for a request on an uploaded image; InputError (400) names what is wrong."""
@@ -185,14 +197,16 @@ class Engine:
         return SegmentCall(image.array, image.spacing, image.direction, check_prompts(request, limits),
                            request.modality, check_masks(request, shape), check_options(request, shape))
 
-    def run(self, job: Job) -> JobOutcome:
-        """The job function: segment, then keep the labels (and probability maps) over the result box, compressed."""
+    def run(self, job: Job, replica: Replica) -> JobOutcome:
+        """The job function: segment on `replica`, then keep the labels (and probability maps) over the result box,
+        compressed."""
         call: SegmentCall = job.payload
         masks = {label: mask.expand(call.image.shape) for label, mask in call.masks.items()} if call.masks else None
-        result = segment(self.model, call.image, call.spacing, call.prompts, direction=call.direction,
-                         modality=call.modality, masks=masks, options=call.options,
-                         progress=lambda event: job.report(event.stage, event.done, event.total, event.message),
-                         cancel=job.cancel, device=self.device)
+        with replica.selected():
+            result = segment(replica.model, call.image, call.spacing, call.prompts, direction=call.direction,
+                             modality=call.modality, masks=masks, options=call.options,
+                             progress=lambda event: job.report(event.stage, event.done, event.total, event.message),
+                             cancel=job.cancel, device=replica.device)
         box = box_slices(result.box)
         labels = np.ascontiguousarray(result.labels[box], dtype=np.int16)
         probabilities = {label: wire.deflate_array(wire.quantize_probability(probability[box]))

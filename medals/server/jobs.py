@@ -1,4 +1,5 @@
-"""The job queue: one worker thread runs one job at a time, so the model is never used concurrently.
+"""The job queue: one worker thread per model replica (one per device), each running one job at a time, so no
+replica is ever used concurrently; all workers take jobs from the one first-in first-out queue.
 
 Jobs move queued → running → succeeded | failed | cancelled. Cancelling a queued job removes it at once;
 cancelling a running job sets its `cancel` event, which the job function checks between windows.
@@ -13,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..errors import Cancelled, MedalSError
 from .errors import JobNotFound, QueueFull, RequestIdConflict
@@ -97,25 +98,29 @@ def _settle(future: asyncio.Future) -> None:
 
 
 class JobQueue:
-    """First-in first-out jobs run by `run(job) -> result` on a single worker thread.
+    """First-in first-out jobs run by `run(job) -> result` on a worker thread; with a sequence of job functions
+    (one per model replica), one worker thread per function, each taking the next job when it is free.
 
     At most `max_waiting` jobs wait; the last `max_finished` finished jobs (and their results) are kept for
     their clients to collect, older ones are forgotten.
     """
 
-    def __init__(self, run: Callable[[Job], Any], max_waiting: int = 16, max_finished: int = 32):
-        self._run = run
+    def __init__(self, run: Callable[[Job], Any] | Sequence[Callable[[Job], Any]], max_waiting: int = 16,
+                 max_finished: int = 32):
+        runs = list(run) if isinstance(run, (list, tuple)) else [run]
         self.max_waiting = max_waiting
         self.max_finished = max_finished
         self._jobs: dict[str, Job] = {}
         self._waiting: deque[Job] = deque()
-        self._running: Job | None = None
+        self._running: set[Job] = set()
         self._finished: deque[Job] = deque()
         self._by_request: dict[str, str] = {}
         self._condition = threading.Condition()
         self._closed = False
-        self._worker = threading.Thread(target=self._work, name="medals-job-worker", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._work, args=(function,), name=f"medals-job-worker-{number}",
+                                          daemon=True) for number, function in enumerate(runs)]
+        for worker in self._workers:
+            worker.start()
 
     def submit(self, payload: Any, request_key: str | None = None, fingerprint: str | None = None) -> Job:
         """Queue a job. A repeated `request_key` (a client retrying) returns the job it already created, when the
@@ -148,14 +153,14 @@ class JobQueue:
     def length(self) -> int:
         """Jobs waiting or running now."""
         with self._condition:
-            return len(self._waiting) + (self._running is not None)
+            return len(self._waiting) + len(self._running)
 
     def position(self, job: Job) -> int | None:
-        """How many jobs (the running one included) start before this one; None once it has started."""
+        """How many jobs (the running ones included) are ahead of this one; None once it has started."""
         with self._condition:
             if job.state != QUEUED:
                 return None
-            return (self._running is not None) + self._waiting.index(job)
+            return len(self._running) + self._waiting.index(job)
 
     def cancel(self, job_id: str) -> Job:
         """Ask a job to stop. A queued job is cancelled now; a running one at its next window."""
@@ -168,13 +173,15 @@ class JobQueue:
         return job
 
     def close(self, timeout: float = 5.0) -> None:
-        """Cancel everything and stop the worker (waits up to `timeout` s for the running job's next window)."""
+        """Cancel everything and stop the workers (waits up to `timeout` s for the running jobs' next window)."""
         with self._condition:
             self._closed = True
-            for job in [*self._waiting, *([self._running] if self._running else [])]:
+            for job in [*self._waiting, *self._running]:
                 job.cancel.set()
             self._condition.notify_all()
-        self._worker.join(timeout)
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
 
     def _finish(self, job: Job, state: str) -> None:
         """Under the lock: record the end state and forget the oldest finished jobs past `max_finished`.
@@ -192,7 +199,7 @@ class JobQueue:
             if old.request_key is not None:
                 self._by_request.pop(old.request_key, None)
 
-    def _work(self) -> None:
+    def _work(self, run: Callable[[Job], Any]) -> None:
         while True:
             with self._condition:
                 while not self._waiting and not self._closed:
@@ -202,18 +209,20 @@ class JobQueue:
                         self._finish(job, CANCELLED)
                     self._waiting.clear()
                     return
-                job = self._running = self._waiting.popleft()
+                job = self._waiting.popleft()
+                self._running.add(job)
                 job.state, job.started = RUNNING, time.monotonic()
                 for moved in [job, *self._waiting]:  # its state, and everyone's queue position, changed
                     moved.changed()
-            state, result, error = self._execute(job)
+            state, result, error = self._execute(run, job)
             with self._condition:
-                job.result, job.error, self._running = result, error, None
+                job.result, job.error = result, error
+                self._running.discard(job)
                 self._finish(job, state)
 
-    def _execute(self, job: Job) -> tuple[str, Any, MedalSError | None]:
+    def _execute(self, run: Callable[[Job], Any], job: Job) -> tuple[str, Any, MedalSError | None]:
         try:
-            result = self._run(job)
+            result = run(job)
         except Cancelled as error:
             return CANCELLED, None, error
         except MedalSError as error:

@@ -97,7 +97,8 @@ class StructureBody(Strict):
 class Info(Strict):
     protocol: int
     engine: str
-    device: DeviceBody
+    device: DeviceBody = Field(description="The first of `devices`")
+    devices: list[DeviceBody] = Field(description="Every device the server runs jobs on, one worker each")
     model: str = Field(description="The model this server keeps loaded")
     installed_models: list[str]
     modalities: list[str]
