@@ -173,8 +173,8 @@ class Engine:
 
     @classmethod
     def load(cls, name_or_path: str | None, devices: list[str | None]) -> "Engine":
-        """Load a model once per device: an installed name or a model folder; None means the only installed model,
-        a None device the one `pick_device` chooses."""
+        """Load a model once per device: a model name or folder; None means the default model (the only installed
+        one, else the bundled demo model; `resolve_model`), a None device the one `pick_device` chooses."""
         installed = [model.name for model in list_models()]
         replicas = load_replicas(functools.partial(load_model, name_or_path), devices)
         return cls(replicas, replicas[0].model.config.name, installed, published_vocabulary(default_vocabulary()))
