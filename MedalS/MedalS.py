@@ -31,7 +31,7 @@ from MedalSLib.launcher import (SlicerPythonSetup, check_slicer_version, engine_
 from MedalSLib.models import OFFICIAL_NAME, import_weights, list_models  # noqa: E402
 from MedalSLib.prompts import completion_names, parse_prompts, segments_by_prompt, structure_key  # noqa: E402
 from MedalSLib.results import new_segmentation, result_summary  # noqa: E402
-from MedalSLib.session import EngineChoice, EngineOptions, SegmentationSession  # noqa: E402
+from MedalSLib.session import EngineChoice, EngineOptions, SegmentationSession, describe_engine  # noqa: E402
 
 MODALITY_ITEMS = ("auto", "CT", "MRI", "US", "PET", "Microscopy")
 STAGE_ITEMS = {"Coarse and fine": ("coarse", "fine"), "Coarse only": ("coarse",), "Fine only": ("fine",)}
@@ -552,15 +552,8 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.engineStatusLabel.text = "Not connected."
             return
         self._setVocabulary(self.session.vocabulary)
-        device = info.get("device", {})
-        memory = ""
-        if device.get("memory_total_bytes"):
-            memory = (f", {device['memory_free_bytes'] / 2**30:.1f} of {device['memory_total_bytes'] / 2**30:.1f} "
-                      "GB free")
         where = "local engine" if self.session.local_engine is not None else self.session.client.url
-        self.ui.engineStatusLabel.text = (f"Connected to {where}: medals {info.get('engine')} (protocol "
-                                          f"v{info.get('protocol')}), model {info.get('model')}, on "
-                                          f"{device.get('name', '?')} ({device.get('device', '?')}{memory}).")
+        self.ui.engineStatusLabel.text = describe_engine(info, where)
 
     def _loadEngineSettings(self):
         settings = slicer.util.settingsValue

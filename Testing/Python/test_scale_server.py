@@ -58,6 +58,15 @@ def test_info_reports_every_device(engine):
     assert info["device"] == info["devices"][0] and info["queue_length"] == 0
 
 
+def test_slicer_status_names_every_device(engine):
+    """The Slicer panel's engine line (MedalSLib.session.describe_engine) lists both workers' devices."""
+    from MedalSLib.session import describe_engine
+
+    line = describe_engine(engine.info(), "http://127.0.0.1")
+    assert line.count("(cpu") == 2 and " and " in line
+    assert describe_engine({"device": {"name": "CPU", "device": "cpu"}}, "x").endswith("on CPU (cpu).")  # older
+
+
 def test_two_jobs_run_at_once_while_a_third_waits_and_can_be_cancelled(engine):
     image = random_volume(SHAPE, seed=1)
     first, second, third = (engine.submit(image, PROMPTS, modality="ct", options=JOB) for _ in range(3))

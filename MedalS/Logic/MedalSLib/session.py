@@ -132,6 +132,22 @@ def describe_progress(job: JobProgress) -> Progress:
     return Progress(f"Engine job {job.state}")
 
 
+def describe_engine(info: dict, where: str) -> str:
+    """The engine's info in words: version, protocol, model and its devices with their free memory (a server
+    over several devices lists each; older engines send only `device`)."""
+
+    def device_words(device: dict) -> str:
+        memory = ""
+        if device.get("memory_total_bytes"):
+            memory = (f", {device['memory_free_bytes'] / 2**30:.1f} of {device['memory_total_bytes'] / 2**30:.1f} "
+                      "GB free")
+        return f"{device.get('name', '?')} ({device.get('device', '?')}{memory})"
+
+    devices = info.get("devices") or [info.get("device") or {}]
+    return (f"Connected to {where}: medals {info.get('engine')} (protocol v{info.get('protocol')}), model "
+            f"{info.get('model')}, on {' and '.join(device_words(device) for device in devices)}.")
+
+
 class SegmentationSession:
     """The module's state between requests, for one MRML scene."""
 
