@@ -69,6 +69,8 @@ class SegmentResult:
         probability of the winning class over the label's voxels}.
     probabilities: label value → (k, j, i) float32 probability map (0 outside `box`), when requested.
     modality: the modality name the text encoder was given.
+    refined: True when a kept result was refined (only the windows around the edit ran; `box` is where labels
+        may have changed), False after a full run.
     """
 
     labels: np.ndarray
@@ -76,3 +78,4 @@ class SegmentResult:
     stats: dict[int, dict]
     probabilities: dict[int, np.ndarray] | None
     modality: str
+    refined: bool = False
