@@ -119,7 +119,7 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
             modality: str | None = None, masks: dict[int, np.ndarray] | None = None,
             options: SegmentOptions = SegmentOptions(), progress: Callable[[ProgressEvent], None] | None = None,
             cancel: threading.Event | None = None, device=None, states: RefinementCache | None = None,
-            image_id: str | None = None) -> SegmentResult:
+            image_id: str | None = None, reuse: bool = True) -> SegmentResult:
     """Segment the structures named by `prompts` in a (k, j, i) image on the 0–255 scale.
 
     model: a loaded model (`config.stages`, `nets` by stage name, `text_encoder.encode(texts, modality)`);
@@ -132,7 +132,8 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
     states: where each result's refinement state is kept (`refine.RefinementCache`); with it, a request with
     masks whose image, prompts and options match a kept result recomputes only the windows around the edit
     (`options.box`, else where the masks changed) and returns that box (`SegmentResult.refined`); anything else,
-    or a state evicted, runs in full. image_id: the image's content id when the caller has one (else hashed).
+    or a state evicted, runs in full (and is kept); reuse=False always runs in full. image_id: the image's
+    content id when the caller has one (else it is hashed).
     Raises InputError on a bad request, OutOfMemory when the device runs out of memory.
     """
     spacing = _check_image(image, spacing)
@@ -161,7 +162,7 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
         queries = model.text_encoder.encode([p.text for p in prompts], modality).float()
     execution = Execution(device, options.window_batch, random_permutation(0), progress, cancel)
     mask_map = None if states is None else paint_masks(None, masks, image.shape)
-    state = states.get(key) if states is not None and masks else None
+    state = states.get(key) if states is not None and masks and reuse else None
     edit = None if state is None else edited_box(state, mask_map, box)
     try:
         if edit is not None:

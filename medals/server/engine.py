@@ -13,6 +13,7 @@ from ..config import MODALITIES
 from ..device import describe, pick_device
 from ..errors import InputError
 from ..pipeline import segment
+from ..pipeline.refine import RefinementCache
 from ..pipeline.request import Prompt, SegmentOptions
 from ..vocabulary import Vocabulary, default_vocabulary
 from ..weights import list_models, load_model
@@ -24,9 +25,11 @@ from .protocol import JobRequest, Limits, MaskBody
 
 @dataclass(frozen=True)
 class SegmentCall:
-    """Everything one `pipeline.segment` call needs, validated: image (k, j, i), spacing in mm (k, j, i), ITK
-    direction (nine numbers, or None), prompts, masks as label → (k, j, i) uint8 on the image grid."""
+    """Everything one `pipeline.segment` call needs, validated: image (k, j, i) with its upload id, spacing in mm
+    (k, j, i), ITK direction (nine numbers, or None), prompts, masks as label → (k, j, i) uint8 on the image grid,
+    and whether a kept result may be refined."""
 
+    image_id: str
     image: np.ndarray
     spacing: tuple[float, float, float]
     direction: tuple[float, ...] | None
@@ -34,6 +37,7 @@ class SegmentCall:
     modality: str | None
     masks: dict[int, np.ndarray] | None
     options: SegmentOptions
+    reuse_state: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,17 +136,22 @@ def published_vocabulary(vocabulary: Vocabulary) -> list[dict]:
 class Engine:
     """One model kept loaded on `device`, described for the info endpoint and run by the job queue."""
 
-    def __init__(self, model, model_name: str, device, installed_models: list[str], vocabulary: list[dict]):
+    def __init__(self, model, model_name: str, device, installed_models: list[str], vocabulary: list[dict],
+                 refinement_bytes: int = Limits.refinement_bytes):
         self.model, self.model_name, self.device = model, model_name, device
         self.installed_models, self.vocabulary = installed_models, vocabulary
+        self.refinements = RefinementCache(refinement_bytes)
+        """The last results' refinement states (only the job worker thread uses them)."""
 
     @classmethod
-    def load(cls, name_or_path: str | None, device: str | None) -> "Engine":
+    def load(cls, name_or_path: str | None, device: str | None,
+             refinement_bytes: int = Limits.refinement_bytes) -> "Engine":
         """Load a model once: an installed name or a model folder; None means the only installed model."""
         installed = [model.name for model in list_models()]
         torch_device = pick_device(device)
         model = load_model(name_or_path, torch_device)
-        return cls(model, model.config.name, torch_device, installed, published_vocabulary(default_vocabulary()))
+        return cls(model, model.config.name, torch_device, installed, published_vocabulary(default_vocabulary()),
+                   refinement_bytes)
 
     def describe(self) -> dict:
         """The info endpoint's engine part: device and its memory now, models, modalities, vocabulary."""
@@ -152,16 +161,19 @@ class Engine:
     def prepare(self, request: JobRequest, image: CachedImage, limits: Limits) -> SegmentCall:
         """The validated pipeline call for a request on an uploaded image; InputError (400) names what is wrong."""
         shape = image.array.shape
-        return SegmentCall(image.array, image.spacing, image.direction, check_prompts(request, limits),
-                           request.modality, check_masks(request, shape), check_options(request, shape))
+        return SegmentCall(image.image_id, image.array, image.spacing, image.direction,
+                           check_prompts(request, limits), request.modality, check_masks(request, shape),
+                           check_options(request, shape), request.options.reuse_state)
 
     def run(self, job: Job) -> JobOutcome:
-        """The job function: segment, then keep the labels (and probability maps) over the result box, compressed."""
+        """The job function: segment (refining the kept result when allowed), then keep the labels (and
+        probability maps) over the result box, compressed. Every result's refinement state is kept."""
         call: SegmentCall = job.payload
         result = segment(self.model, call.image, call.spacing, call.prompts, direction=call.direction,
                          modality=call.modality, masks=call.masks, options=call.options,
                          progress=lambda event: job.report(event.stage, event.done, event.total, event.message),
-                         cancel=job.cancel, device=self.device)
+                         cancel=job.cancel, device=self.device, states=self.refinements, image_id=call.image_id,
+                         reuse=call.reuse_state)
         box = box_slices(result.box)
         labels = np.ascontiguousarray(result.labels[box], dtype=np.int16)
         probabilities = {label: wire.deflate_array(wire.quantize_probability(probability[box]))
@@ -173,5 +185,5 @@ class Engine:
                  for label, values in result.stats.items()}
         info = {"box": [int(v) for v in result.box], "shape": list(labels.shape), "dtype": "int16",
                 "image_shape": list(call.image.shape), "modality": result.modality, "stats": stats,
-                "probabilities": sorted(probabilities)}
+                "probabilities": sorted(probabilities), "refined": result.refined}
         return JobOutcome(info, wire.deflate_array(labels), probabilities)
