@@ -87,6 +87,21 @@ def test_box_resampling_agrees_with_whole_grid_resampling(in_shape, out_shape):
     assert torch.equal(part, resample_labels(labels, out_shape)[box])
 
 
+def test_the_window_prompt_is_the_whole_grid_prompt_cut_to_the_windows():
+    from medals.pipeline.axes import volume_to_network
+    from medals.pipeline.refine import _working_prompt
+    from medals.pipeline.stage import plan_stage, prepare_prompt
+
+    prompt = np.random.default_rng(1).integers(0, 3, (20, 70, 50)).astype(np.int16)  # (k, j, i)
+    plan = plan_stage((70, 50, 20), (1.2, 1.4, 2.0), STAGES["fine"], 2)  # k is padded to the crop
+    assert plan.thick_axis is None and plan.padded_shape != plan.working_shape
+    whole = prepare_prompt(volume_to_network(torch.as_tensor(prompt)), plan)
+    for edit in [(0, 3, 0, 5, 0, 5), (10, 15, 30, 40, 20, 30), (16, 19, 60, 69, 40, 49)]:
+        _, footprint, _ = refinement_windows(plan, edit, PLAN.crop_size)
+        part = _working_prompt(prompt, plan, footprint, [1, 2], torch.device("cpu"))
+        assert torch.equal(part, whole[footprint])
+
+
 # --- windows and blend ------------------------------------------------------------------------------------------
 
 def test_a_small_edit_gets_one_window_with_room_for_the_blend():

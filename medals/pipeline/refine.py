@@ -39,7 +39,7 @@ from .resample import box_sources, linear_sources, resample_box, resample_labels
 from .roi import Box, box_slices
 from .sliding_window import Execution, stage_probabilities
 from .stage import StageModel, StagePlan, prepare_prompt
-from .windows import Window, window_starts
+from .windows import Window, pad_to, window_starts
 
 EDIT_MARGIN = 2
 """Working voxels added around the edited region: the resampled prompt spreads an edit by about one voxel."""
@@ -233,6 +233,19 @@ def _prompt(base: np.ndarray | None, masks: np.ndarray) -> np.ndarray:
     return masks if base is None else np.where(masks > 0, masks, base).astype(np.int16)
 
 
+def _working_prompt(prompt: np.ndarray, plan: StagePlan, footprint: Window, label_values, device) -> torch.Tensor:
+    """The prompt (k, j, i over the region) on the padded working grid over `footprint`, resampled only there
+    (the whole grid when a thick axis is resampled apart, which `resample_labels_box` does not do)."""
+    volume = volume_to_network(torch.as_tensor(prompt)).to(device)
+    if plan.thick_axis is not None:
+        return prepare_prompt(volume, plan)[footprint]
+    inside = tuple(slice(part.start, min(part.stop, n)) for part, n in zip(footprint, plan.working_shape))
+    sources = box_sources(inside, plan.input_shape, plan.working_shape)
+    labels = resample_labels_box(volume[sources], [part.start for part in sources], plan.input_shape,
+                                 plan.working_shape, inside, [0, *label_values])
+    return pad_to(labels, [part.stop - part.start for part in footprint])
+
+
 def refine(state: RefinementState, model: StageModel, queries: torch.Tensor, masks: np.ndarray, edit: Box, *,
            refine_iterations: int = 0, class_probabilities: bool = False,
            execution: Execution | None = None) -> Refinement:
@@ -242,8 +255,8 @@ def refine(state: RefinementState, model: StageModel, queries: torch.Tensor, mas
     execution = execution or Execution()
     plan, crop, ramp = state.plan, model.config.crop_size, ramp_width(model.config.crop_size)
     windows, footprint, edit_hwd = refinement_windows(plan, edit, crop)
-    prompts = [prepare_prompt(volume_to_network(torch.as_tensor(_prompt(state.base, m))).to(execution.device),
-                              plan)[footprint] for m in (state.masks, masks)]
+    prompts = [_working_prompt(_prompt(state.base, m), plan, footprint, state.label_values, execution.device)
+               for m in (state.masks, masks)]
     # The old and the new prompt side by side along h: one call predicts both with the same blocks hidden.
     height = footprint[0].stop - footprint[0].start
     origin = [part.start for part in footprint]
