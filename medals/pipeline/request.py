@@ -36,7 +36,8 @@ class SegmentOptions:
     merge_masks_with_coarse: with user masks, run the coarse stage too and prompt the fine stage with its labels
         and the masks painted over them; otherwise the masks alone are the prompt.
     box: recompute only this region (k0, k1, j0, j1, i0, i1, inclusive): the pipeline runs on a context region
-        around it (at least one fine crop) and labels outside the box stay 0.
+        around it (at least one fine crop) and labels outside the box stay 0. When `segment` refines a kept
+        result (see its `states`), the box is the edit and the result's box contains it.
     window_batch: windows per network forward (useful on a GPU).
     """
 
