@@ -283,4 +283,6 @@ def test_refinement_on_the_demo_sample_agrees_with_a_whole_grid_hybrid_pass():
     box = (slice(k0, k1 + 1), slice(j0, j1 + 1), slice(i0, i1 + 1))
     assert all(inside.start <= c.start and c.stop <= inside.stop for inside, c in zip(box, cube))
     for label in (1, 2):
-        assert dice(reference[box] == label, refined.labels[box] == label) >= 0.99
+        agreement = dice(reference[box] == label, refined.labels[box] == label)
+        assert agreement >= 0.99  # measured: gray matter 0.9986, white matter 0.9993
+        assert agreement >= dice(reference[box] == label, first.labels[box] == label)  # moved toward that pass
