@@ -191,14 +191,19 @@ def test_a_refinement_after_a_small_edit_runs_at_most_two_windows(segmenter, fir
     assert np.array_equal(after[~local_outside], refined.labels[index][~local_outside])
 
 
-def test_an_unchanged_request_or_an_edit_outside_the_region_is_not_a_refinement():
-    state = SimpleNamespace(region=(2, 9, 2, 9, 2, 9), masks=np.zeros((8, 8, 8), np.int16))
+def test_an_unchanged_request_an_edit_outside_the_region_or_a_costly_one_is_not_a_refinement():
+    from medals.pipeline.stage import plan_stage
+
+    state = SimpleNamespace(region=(2, 9, 2, 9, 2, 9), masks=np.zeros((8, 8, 8), np.int16),
+                            plan=plan_stage((8, 8, 8), (1.0, 1.0, 1.0), StageConfig(PLAN, (0.1, 0.1, 0.1)), 2))
+    assert len(state.plan.windows) == 64  # an 80³ working grid in 32³ windows
     masks = np.zeros((12, 12, 12), np.int16)
     assert edited_box(state, masks, None) is None  # nothing changed
     masks[5, 5, 5] = 1
     assert edited_box(state, masks, None) == (3, 3, 3, 3, 3, 3)
     assert edited_box(state, masks, (4, 6, 4, 6, 4, 6)) == (2, 4, 2, 4, 2, 4)  # the caller's box is the edit
     assert edited_box(state, masks, (0, 6, 4, 6, 4, 6)) is None  # the box leaves the region
+    assert edited_box(state, masks, (2, 9, 2, 9, 2, 9)) is None  # the whole region: as dear as running again
     masks[0, 0, 0] = 1
     assert edited_box(state, masks, None) is None  # painted outside the region
 

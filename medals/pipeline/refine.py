@@ -150,7 +150,8 @@ def edited_box(state: RefinementState, masks: np.ndarray, box: Box | None) -> Bo
 
     masks: the new painted masks as a label map over the whole image. `box` (image coordinates), when given, is
     the edit (a client that knows what the user changed); else the edit is where the masks changed. None when
-    the masks are painted outside the state's region, the edit leaves it, or nothing changed.
+    the masks are painted outside the state's region, the edit leaves it, nothing changed, or the edit is so
+    large that refining it would cost as much as running again.
     """
     index = box_slices(state.region)
     inside = masks[index]
@@ -166,6 +167,10 @@ def edited_box(state: RefinementState, masks: np.ndarray, box: Box | None) -> Bo
         local = [b - origin[a // 2] for a, b in enumerate(box)]
     shape = inside.shape
     if any(not 0 <= local[2 * a] <= local[2 * a + 1] < shape[a] for a in range(3)):
+        return None
+    crop = tuple(part.stop - part.start for part in state.plan.windows[0])
+    windows, _, _ = refinement_windows(state.plan, tuple(local), crop)
+    if 2 * len(windows) >= len(state.plan.windows):  # each window runs twice: as dear as running again
         return None
     return tuple(local)
 
