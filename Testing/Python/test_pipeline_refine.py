@@ -210,12 +210,11 @@ def test_an_unchanged_request_an_edit_outside_the_region_or_a_costly_one_is_not_
 
 @pytest.mark.parametrize("change", ["evicted", "prompts", "image"])
 def test_without_a_matching_state_a_refinement_is_the_full_run_it_was_before(segmenter, change):
-    states = RefinementCache(1 << 30)
+    states = RefinementCache(1 if change == "evicted" else 1 << 30)  # 1 byte: too small for any state
     run(segmenter, states, masks={1: seeds()})
+    assert len(states) == (change != "evicted")
     request = dict(masks={1: edited(seeds())})
-    if change == "evicted":
-        states = RefinementCache(1)  # too small for any state
-    elif change == "prompts":
+    if change == "prompts":
         request["prompts"] = [PROMPTS[0], Prompt("left kidney", 2)]
     else:
         request["image"] = volume() // 2
