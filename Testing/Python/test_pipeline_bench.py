@@ -16,3 +16,15 @@ def test_bench_prompts_reports_each_mode_and_class_count_and_ends_with_the_ratio
     assert [(row[0], row[1]) for row in rows] == [("unprompted", "2"), ("prompted", "2")]
     assert all(float(row[2]) > 0 and float(row[3]) > 0 and float(row[5]) > 0 for row in rows)
     assert re.fullmatch(r"2 classes: \d+\.\dx", lines[-1])
+
+
+@pytest.mark.slow  # about two minutes: two full passes and a refinement of the demo sample
+def test_bench_refine_reports_each_run_and_ends_with_the_refine_to_full_ratio(capsys):
+    assert main(["bench", "refine", "--cases", "demo", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = {line[6:18].strip(): line[18:].split() for line in lines if line.startswith("demo  ")}
+    assert set(rows) == {"full", "whole fine", "refine"}
+    assert int(rows["refine"][1]) <= 2 < int(rows["whole fine"][1])
+    assert all(float(row[0]) > 0 and float(row[2]) > 0 for row in rows.values())
+    ratio = re.fullmatch(r"refine/full: (\d+\.\d+)x", lines[-1])
+    assert ratio and float(ratio.group(1)) <= 0.1

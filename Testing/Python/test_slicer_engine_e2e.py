@@ -196,8 +196,11 @@ def test_refinement_recomputes_only_around_the_painted_seeds(scene, session, vol
     assert request.error is None, request.error
     session.apply(refine, request.result)
     after = segment_mask(segmentation, volume, "liver")
+    assert request.result.refined  # the engine kept the text result and refined it around the edit
+    written = from_inclusive(request.result.box)
+    assert written.union(refine.region) == written  # the refined box holds the edited region
     outside = np.ones(SHAPE, bool)
-    outside[refine.region.slices] = False
+    outside[written.slices] = False
     np.testing.assert_array_equal(after[outside], seeds[outside])
 
 

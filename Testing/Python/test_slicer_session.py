@@ -169,6 +169,24 @@ def test_applied_refinement_changes_only_its_region(session, volume, segmentatio
     np.testing.assert_array_equal(painted_masks(segmentation, {"liver": liver}, volume)["liver"], expected)
 
 
+def test_a_refined_result_is_written_over_its_whole_box_beyond_the_region(session, volume, segmentation):
+    session.apply(session.prepare_segment(volume, segmentation, "liver"), result_of(organ()))
+    edited = organ().astype(np.uint8)
+    edited[2, 10, 10] = 0
+    paint(segmentation, volume, "liver", edited)
+    request = session.prepare_refine(volume, segmentation, "liver")
+    request.region = Box((2, 8, 8), (4, 12, 12))
+    refined = np.zeros(SHAPE, np.int16)
+    refined[2:6, 12:20, 10:20] = 1  # the engine refined its kept result: its box holds the region and more
+    box = Box((0, 5, 5), (8, 25, 25))
+    result = result_of(refined, box)
+    session.apply(request, SegmentationResult(result.labels, result.box, SHAPE, result.stats, refined=True))
+    expected = organ().astype(np.uint8)
+    expected[box.slices] = refined[box.slices]
+    liver = find_segment(segmentation, "liver")
+    np.testing.assert_array_equal(painted_masks(segmentation, {"liver": liver}, volume)["liver"], expected)
+
+
 def test_labels_over_a_region_take_the_result_where_they_meet_and_zero_elsewhere():
     labels = np.arange(1, 9, dtype=np.int16).reshape(2, 2, 2)
     result = SegmentationResult(labels, (1, 2, 1, 2, 1, 2), SHAPE)

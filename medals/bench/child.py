@@ -1,8 +1,9 @@
 """One measurement in a fresh process, so that its peak memory is its own.
 
 `in_child("package.module:function", spec)` runs `function(spec)` in a new Python and returns what it returned
-(JSON). `peak_memory_mb(device)` is what a measurement reports: the CUDA allocator's peak on a GPU (since the last
-`reset_peak_memory`), else the process's peak resident set size (which never resets: one measurement per child).
+(JSON). `peak_memory_mb(device)` is what a measurement reports: the CUDA allocator's peak on a GPU, else the
+process's peak resident set size; `reset_peak_memory(device)` starts a new peak for the next measurement in the
+same process.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 
 def in_child(function: str, spec: dict) -> dict:
@@ -26,7 +28,24 @@ def peak_memory_mb(device) -> float:
         import torch
 
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    try:  # Linux: the peak since the last reset_peak_memory
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024  # kB
+    except (OSError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def reset_peak_memory(device) -> None:
+    """Start a new peak: the CUDA allocator's, or the process's peak resident set size (Linux: clear_refs 5)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux: the peak stays the process's own
+        pass
 
 
 def current_memory_mb(device) -> float:
@@ -37,14 +56,6 @@ def current_memory_mb(device) -> float:
         return torch.cuda.memory_allocated(device) / 2 ** 20
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2 ** 20
-
-
-def reset_peak_memory(device) -> None:
-    """Start a new peak (CUDA only; a CPU process's peak is its whole life)."""
-    if device.type == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def synchronize(device) -> None:

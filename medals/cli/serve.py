@@ -85,7 +85,7 @@ def exit_when_stdin_closes(server, grace_seconds: float = EXIT_GRACE_SECONDS) ->
 def limits_from(args) -> Limits:
     return Limits(max_upload_bytes=int(args.max_upload_mb * MIB), max_request_bytes=int(args.max_request_mb * MIB),
                   max_voxels=args.max_voxels, max_prompts=args.max_prompts, cache_bytes=int(args.cache_mb * MIB),
-                  body_timeout_seconds=args.body_timeout)
+                  body_timeout_seconds=args.body_timeout, refinement_bytes=int(args.refinement_mb * MIB))
 
 
 def run_serve(args) -> int:
@@ -96,8 +96,9 @@ def run_serve(args) -> int:
     from ..server.engine import Engine
 
     check_exposure(args.host, args.token)
-    engine = Engine.load(args.model, parse_devices(args.device))
-    app = create_app(engine, limits_from(args), args.token)
+    limits = limits_from(args)
+    engine = Engine.load(args.model, parse_devices(args.device), limits.refinement_bytes)
+    app = create_app(engine, limits, args.token)
     sock = bind(args.host, args.port)
     url = url_of(sock)
 
@@ -135,6 +136,9 @@ def register(subparsers) -> None:
                                                      "model, else the bundled demo model)")
     serve.add_argument("--cache-mb", type=float, default=defaults.cache_bytes // MIB,
                        help="memory for uploaded images, least recently used dropped first")
+    serve.add_argument("--refinement-mb", type=float, default=defaults.refinement_bytes // MIB,
+                       help="memory for the last results' refinement states (a refinement of an evicted result "
+                            "runs in full), least recently used dropped first")
     serve.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes // MIB,
                        help="largest compressed image upload")
     serve.add_argument("--max-request-mb", type=float, default=defaults.max_request_bytes // MIB,

@@ -1,7 +1,8 @@
 """`segment`: a validated request on a loaded model → labels, statistics and optional probabilities.
 
 A thin layer over `two_stage.segment_volume`: it checks the request, repairs the spacing, encodes the prompts,
-restricts the work to a box when asked, and applies the label options (instances, largest component).
+restricts the work to a box when asked, refines a kept result around an edit (`refine`), and applies the label
+options (instances, largest component).
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from ..orientation import reorientation
 from .labels import instance_labels, keep_largest_components
 from .prompting import random_permutation
 from .request import MAX_LABEL, ProgressEvent, Prompt, SegmentOptions, SegmentResult
+from .refine import RefinementCache, RefinementState, edited_box, image_fingerprint, refine, state_key
 from .roi import Box, box_slices, grow_box, minimum_half_range, shift_box, whole_box
 from .sliding_window import Execution
 from .stage import StageModel
-from .two_stage import COARSE, FINE, segment_volume
+from .two_stage import COARSE, FINE, paint_masks, segment_volume
 from .zoom import repair_spacing
 
 STAGE_NAMES = (COARSE, FINE)
@@ -116,7 +118,8 @@ def _statistics(labels: np.ndarray, confidence: np.ndarray, names: dict[int, str
 def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, direction=None,
             modality: str | None = None, masks: dict[int, np.ndarray] | None = None,
             options: SegmentOptions = SegmentOptions(), progress: Callable[[ProgressEvent], None] | None = None,
-            cancel: threading.Event | None = None, device=None) -> SegmentResult:
+            cancel: threading.Event | None = None, device=None, states: RefinementCache | None = None,
+            image_id: str | None = None, reuse: bool = True) -> SegmentResult:
     """Segment the structures named by `prompts` in a (k, j, i) image on the 0–255 scale.
 
     model: a loaded model (`config.stages`, `nets` by stage name, `text_encoder.encode(texts, modality)`);
@@ -126,6 +129,11 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
     keywords and the image (`medals.modality`); masks: optional user masks by label value, (k, j, i) on the
     image grid, used as spatial prompts (hybrid mode); progress: called once per window per stage; cancel:
     checked between windows (raises Cancelled); device: "cuda", "cpu", a torch.device or None (auto).
+    states: where each result's refinement state is kept (`refine.RefinementCache`); with it, a request with
+    masks whose image, prompts and options match a kept result recomputes only the windows around the edit
+    (`options.box`, else where the masks changed) and returns that box (`SegmentResult.refined`); anything else,
+    or a state evicted, runs in full (and is kept); reuse=False always runs in full. image_id: the image's
+    content id when the caller has one (else it is hashed).
     Raises InputError on a bad request, OutOfMemory when the device runs out of memory.
     """
     spacing = _check_image(image, spacing)
@@ -141,6 +149,8 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
                       f"direction was given: the array is taken as {orientation} already", RuntimeWarning,
                       stacklevel=2)
     turn = reorientation(direction, orientation)
+    key = None if states is None else state_key(image_id or image_fingerprint(image, spacing), model, prompts,
+                                                modality, direction, stage_names, options)
     image, spacing = turn.apply(image), turn.permute(spacing)
     masks = {value: turn.apply(mask) for value, mask in masks.items()}
     box = None if box is None else turn.box(box, shape)
@@ -150,26 +160,25 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
               for name in stage_names}
     with torch.no_grad():
         queries = model.text_encoder.encode([p.text for p in prompts], modality).float()
-    repaired = repair_spacing(image.shape, spacing)
-    region = whole_box(image.shape) if box is None else \
-        grow_box(box, minimum_half_range(image.shape, repaired, stages[stage_names[-1]].config, len(prompts)),
-                 image.shape)
-    index = box_slices(region)
     execution = Execution(device, options.window_batch, random_permutation(0), progress, cancel)
+    mask_map = None if states is None else paint_masks(None, masks, image.shape)
+    state = states.get(key) if states is not None and masks and reuse else None
+    edit = None if state is None else edited_box(state, mask_map, box)
     try:
-        result = segment_volume(image[index], repaired, label_values, queries, stages,
-                                masks={v: m[index] for v, m in masks.items()},
-                                merge_masks_with_coarse=options.merge_masks_with_coarse,
-                                refine_iterations=options.refine_iterations, clean_coarse=not options.instance,
-                                class_probabilities=options.probabilities, execution=execution)
+        if edit is not None:
+            refined = refine(state, stages[state.stage], queries, mask_map[box_slices(state.region)], edit,
+                             refine_iterations=options.refine_iterations, class_probabilities=options.probabilities,
+                             execution=execution)
+            computed = shift_box(refined.box, state.region[0::2])
+            labels, confidence, class_maps = refined.labels, refined.confidence, refined.class_probabilities
+        else:
+            computed, labels, confidence, class_maps = _full_run(image, spacing, label_values, queries, stages,
+                                                                 masks, mask_map, box, options, execution, states,
+                                                                 key)
     except torch.OutOfMemoryError:
         raise OutOfMemory(f"{device} ran out of memory while resampling or assembling labels; free the device from "
                           "other jobs, segment a box, or run on the CPU (--device cpu)") from None
 
-    origin = region[0::2]
-    computed = box if box is not None else shift_box(result.region, origin)
-    local = box_slices(shift_box(computed, tuple(-o for o in origin)))
-    labels = result.labels[local]
     names = {p.label: p.text for p in prompts}
     if options.keep_largest:
         labels = keep_largest_components(labels)
@@ -182,9 +191,38 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
     probabilities = None
     if options.probabilities:
         probabilities = {}
-        for value, class_map in zip(label_values, result.class_probabilities):
+        for value, class_map in zip(label_values, class_maps):
             probabilities[value] = np.zeros(image.shape, dtype=np.float32)
-            probabilities[value][target] = class_map[local]
+            probabilities[value][target] = class_map
             probabilities[value] = turn.undo(probabilities[value])
     return SegmentResult(turn.undo(full), turn.unbox(computed, shape),
-                         _statistics(labels, result.confidence[local], names, spacing), probabilities, modality)
+                         _statistics(labels, confidence, names, spacing), probabilities, modality,
+                         refined=edit is not None)
+
+
+def _full_run(image, spacing, label_values, queries, stages, masks, mask_map, box, options, execution, states, key):
+    """The two-stage pipeline on the whole image, or on a context region around `box`; keeps the result's
+    refinement state in `states` (when given). Returns (computed box, labels, confidence and class probabilities
+    over it)."""
+    stage_names = tuple(stages)
+    repaired = repair_spacing(image.shape, spacing)
+    region = whole_box(image.shape) if box is None else \
+        grow_box(box, minimum_half_range(image.shape, repaired, stages[stage_names[-1]].config, len(label_values)),
+                 image.shape)
+    index = box_slices(region)
+    result = segment_volume(image[index], repaired, label_values, queries, stages,
+                            masks={v: m[index] for v, m in masks.items()},
+                            merge_masks_with_coarse=options.merge_masks_with_coarse,
+                            refine_iterations=options.refine_iterations, clean_coarse=not options.instance,
+                            class_probabilities=options.probabilities, keep_state=states is not None,
+                            execution=execution)
+    origin = region[0::2]
+    if states is not None:
+        final = shift_box(result.region, origin)
+        states.put(key, RefinementState(result.final_stage, final, result.final.plan, result.base_prompt,
+                                        mask_map[box_slices(final)], result.final.working_image,
+                                        result.final.working_probabilities, label_values))
+    computed = box if box is not None else shift_box(result.region, origin)
+    local = box_slices(shift_box(computed, tuple(-o for o in origin)))
+    class_maps = None if result.class_probabilities is None else [m[local] for m in result.class_probabilities]
+    return computed, result.labels[local], result.confidence[local], class_maps

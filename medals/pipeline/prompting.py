@@ -28,6 +28,12 @@ def random_permutation(seed: int = 0) -> BlockPermutation:
     return lambda count: torch.randperm(count, generator=generator)
 
 
+def repeated_permutation(seed: int = 0) -> BlockPermutation:
+    """The same seeded permutation on every call: windows predicted twice with different prompts hide the same
+    blocks, so their difference is the prompts' alone."""
+    return lambda count: torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+
+
 def block_mask(shape, block: int, permutation: BlockPermutation) -> torch.Tensor:
     """Bool mask of `shape` that is True on the chosen half of the (block³) blocks, C order over the block grid."""
     grid = [math.ceil(n / block) for n in shape]

@@ -36,7 +36,8 @@ class SegmentOptions:
     merge_masks_with_coarse: with user masks, run the coarse stage too and prompt the fine stage with its labels
         and the masks painted over them; otherwise the masks alone are the prompt.
     box: recompute only this region (k0, k1, j0, j1, i0, i1, inclusive): the pipeline runs on a context region
-        around it (at least one fine crop) and labels outside the box stay 0.
+        around it (at least one fine crop) and labels outside the box stay 0. When `segment` refines a kept
+        result (see its `states`), the box is the edit and the result's box contains it.
     window_batch: windows per network forward (useful on a GPU).
     """
 
@@ -69,6 +70,8 @@ class SegmentResult:
         probability of the winning class over the label's voxels}.
     probabilities: label value → (k, j, i) float32 probability map (0 outside `box`), when requested.
     modality: the modality name the text encoder was given.
+    refined: True when a kept result was refined (only the windows around the edit ran; `box` is where labels
+        may have changed), False after a full run.
     """
 
     labels: np.ndarray
@@ -76,3 +79,4 @@ class SegmentResult:
     stats: dict[int, dict]
     probabilities: dict[int, np.ndarray] | None
     modality: str
+    refined: bool = False

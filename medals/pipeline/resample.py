@@ -94,3 +94,59 @@ def resample_labels(labels: torch.Tensor, shape, axis: int | None = None) -> tor
 def resample_probability(probability: torch.Tensor, shape) -> torch.Tensor:
     """Probability map (3-D float) → `shape`, plain trilinear (the way back to the input grid)."""
     return resample_image(probability, shape)
+
+
+def linear_sources(out_indices: torch.Tensor, in_size: int, out_size: int) -> tuple[torch.Tensor, ...]:
+    """What `F.interpolate` (linear, `align_corners=False`, sized) reads for output indices along one axis: the
+    two source indices and their weights (src = max((x + 0.5)·in/out − 0.5, 0), float32 as torch computes it)."""
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    source = ((out_indices.float() + 0.5) * scale - 0.5).clamp_(min=0)
+    low = source.long().clamp_(max=in_size - 1)
+    high = (low + 1).clamp_(max=in_size - 1)
+    upper = source - low
+    return low, high, 1 - upper, upper
+
+
+def box_sources(box, in_shape, out_shape) -> tuple[slice, slice, slice]:
+    """The input-grid block a trilinear resampling to `out_shape` reads for the output `box` (three slices)."""
+    block = []
+    for axis, part in enumerate(box):
+        low, high, _, _ = linear_sources(torch.arange(part.start, part.stop), in_shape[axis], out_shape[axis])
+        block.append(slice(int(low.min()), int(high.max()) + 1))
+    return tuple(block)
+
+
+def resample_box(volumes: torch.Tensor, offset, in_shape, out_shape, box) -> torch.Tensor:
+    """Trilinear resampling of a stack (C, *in_shape) to (C, *out_shape), computed only over the output `box`.
+
+    `volumes` holds the input grid from `offset` on and must cover `box_sources(box, in_shape, out_shape)`. Axis
+    by axis, it reads the same two neighbours with the same weights as `F.interpolate`, so it agrees with the
+    whole-grid resampling to float32 rounding.
+    """
+    result = volumes.float()
+    for axis, part in enumerate(box):
+        low, high, low_weight, high_weight = linear_sources(torch.arange(part.start, part.stop, device=volumes.device),
+                                                             in_shape[axis], out_shape[axis])
+        view = [1] * result.ndim
+        view[axis + 1] = -1
+        result = (result.index_select(axis + 1, low - offset[axis]) * low_weight.view(view)
+                  + result.index_select(axis + 1, high - offset[axis]) * high_weight.view(view))
+    return result
+
+
+def resample_labels_box(labels: torch.Tensor, offset, in_shape, out_shape, box, values) -> torch.Tensor:
+    """`resample_labels` to `out_shape` (plain trilinear) computed only over the output `box`: int16 (*box).
+
+    `labels` holds the input grid from `offset` on (see `resample_box`); `values` are all label values the whole
+    map may hold, background included (a value absent everywhere never wins, as in the whole-grid rule).
+    """
+    shape = tuple(part.stop - part.start for part in box)
+    out = torch.zeros(shape, dtype=torch.int16, device=labels.device)
+    best = torch.full(shape, float("-inf"), dtype=torch.float16, device=labels.device)
+    for value in sorted(set(int(v) for v in values)):
+        indicator = (labels == value).float().mul_(INDICATOR_SCALE)
+        stored = resample_box(indicator[None], offset, in_shape, out_shape, box)[0].half()
+        wins = stored > best
+        best = torch.where(wins, stored, best)
+        out.masked_fill_(wins, value)
+    return out

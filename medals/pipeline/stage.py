@@ -69,13 +69,16 @@ class StageOutput:
     """A stage's result on the grid of the volume it was given, (k, j, i).
 
     labels int16; confidence float32 = probability of each voxel's winning class; class_probabilities
-    (N, k, j, i) float32 when asked for, else None.
+    (N, k, j, i) float32 when asked for, else None. When kept (`keep_working`), the padded working image (h, w, d)
+    and the per-class probabilities over it (N, h, w, d), float32 on the CPU: what a refinement reuses.
     """
 
     plan: StagePlan
     labels: np.ndarray
     confidence: np.ndarray
     class_probabilities: np.ndarray | None = None
+    working_image: torch.Tensor | None = None
+    working_probabilities: torch.Tensor | None = None
 
 
 def _to_array(volume: torch.Tensor) -> np.ndarray:
@@ -84,7 +87,7 @@ def _to_array(volume: torch.Tensor) -> np.ndarray:
 
 def run_stage(model: StageModel, queries: torch.Tensor, image: np.ndarray, spacing, label_values,
               prompt: np.ndarray | None = None, *, refine_iterations: int = 0, class_probabilities: bool = False,
-              execution: Execution | None = None, name: str = "stage") -> StageOutput:
+              keep_working: bool = False, execution: Execution | None = None, name: str = "stage") -> StageOutput:
     """Run one stage over a whole (k, j, i) volume at `spacing` (k, j, i) mm.
 
     queries (N, C) pair with `label_values`; `prompt` is an optional (k, j, i) label map on the same grid.
@@ -101,7 +104,7 @@ def run_stage(model: StageModel, queries: torch.Tensor, image: np.ndarray, spaci
     probabilities = stage_probabilities(model.net, queries, working_image, plan.windows, label_values,
                                         working_prompt, refine_iterations=refine_iterations, execution=execution,
                                         stage=name)
-    del working_image, working_prompt
+    del working_prompt
     unpadded = probabilities[(slice(None), *plan.unpadded)]
     labels, confidence = assemble_labels(unpadded, label_values)
     output = StageOutput(plan, _to_array(resample_labels(labels.to(device), plan.input_shape)),
@@ -109,4 +112,6 @@ def run_stage(model: StageModel, queries: torch.Tensor, image: np.ndarray, spaci
     if class_probabilities:
         output.class_probabilities = np.stack([_to_array(resample_probability(p.to(device), plan.input_shape))
                                                for p in unpadded])
+    if keep_working:
+        output.working_image, output.working_probabilities = working_image.cpu(), probabilities
     return output

@@ -30,13 +30,18 @@ class VolumeSegmentation:
     """Labels before post-processing on the input grid (k, j, i).
 
     labels int16 (0 outside `region`); confidence float32 = probability of each voxel's winning class (0 outside
-    `region`); class_probabilities (N, k, j, i) float32 or None; region = where the final stage ran.
+    `region`); class_probabilities (N, k, j, i) float32 or None; region = where the final stage ran. With
+    `keep_state`: the final stage's name and output (its working grid kept) and its prompt before the masks were
+    painted over `region` (None: it had none), what `refine.RefinementState` is made of.
     """
 
     labels: np.ndarray
     confidence: np.ndarray
     region: Box
     class_probabilities: np.ndarray | None = None
+    final_stage: str | None = None
+    final: StageOutput | None = None
+    base_prompt: np.ndarray | None = None
 
 
 def paint_masks(labels: np.ndarray | None, masks: dict[int, np.ndarray], shape) -> np.ndarray:
@@ -47,7 +52,8 @@ def paint_masks(labels: np.ndarray | None, masks: dict[int, np.ndarray], shape) 
     return painted
 
 
-def _pasted(output: StageOutput, region: Box, shape, class_probabilities: bool) -> VolumeSegmentation:
+def _pasted(output: StageOutput, region: Box, shape, class_probabilities: bool, stage: str,
+            base_prompt: np.ndarray | None, keep_state: bool) -> VolumeSegmentation:
     index = box_slices(region)
     labels = np.zeros(shape, dtype=np.int16)
     labels[index] = output.labels
@@ -57,44 +63,44 @@ def _pasted(output: StageOutput, region: Box, shape, class_probabilities: bool) 
     if class_probabilities:
         probabilities = np.zeros((len(output.class_probabilities), *shape), dtype=np.float32)
         probabilities[(slice(None), *index)] = output.class_probabilities
-    return VolumeSegmentation(labels, confidence, region, probabilities)
+    if not keep_state:
+        return VolumeSegmentation(labels, confidence, region, probabilities)
+    base = None if base_prompt is None else base_prompt[index]
+    return VolumeSegmentation(labels, confidence, region, probabilities, stage, output, base)
 
 
 def segment_volume(image: np.ndarray, spacing, label_values, queries: torch.Tensor, stages: dict[str, StageModel],
                    *, masks: dict[int, np.ndarray] | None = None, merge_masks_with_coarse: bool = True,
                    refine_iterations: int = 0, clean_coarse: bool = True, class_probabilities: bool = False,
-                   execution: Execution | None = None) -> VolumeSegmentation:
+                   keep_state: bool = False, execution: Execution | None = None) -> VolumeSegmentation:
     """Segment a (k, j, i) volume at `spacing` (k, j, i) mm, spacing already repaired.
 
     label_values: one per query (queries (N, C) from the text encoder); stages: "coarse" and/or "fine";
     masks: user masks by label value, (k, j, i) bool on the image grid; clean_coarse: drop coarse components under
-    10 voxels before the ROI (semantic tasks).
+    10 voxels before the ROI (semantic tasks); keep_state: keep what a refinement of the result reuses.
     """
     execution = execution or Execution()
     shape = image.shape
     coarse, fine = stages.get(COARSE), stages.get(FINE)
     masks = masks or {}
     common = dict(refine_iterations=refine_iterations, execution=execution)
+    final = dict(class_probabilities=class_probabilities, keep_working=keep_state, **common)
 
     if fine is None:
         prompt = paint_masks(None, masks, shape) if masks else None
-        output = run_stage(coarse, queries, image, spacing, label_values, prompt, name=COARSE,
-                           class_probabilities=class_probabilities, **common)
-        return _pasted(output, whole_box(shape), shape, class_probabilities)
+        output = run_stage(coarse, queries, image, spacing, label_values, prompt, name=COARSE, **final)
+        return _pasted(output, whole_box(shape), shape, class_probabilities, COARSE, None, keep_state)
 
-    prompt = None
+    base = None
     if coarse is not None and (not masks or merge_masks_with_coarse):
         coarse_labels = run_stage(coarse, queries, image, spacing, label_values, name=COARSE, **common).labels
-        prompt = remove_small_components(coarse_labels) if clean_coarse else coarse_labels
-    if masks:
-        prompt = paint_masks(prompt, masks, shape)
+        base = remove_small_components(coarse_labels) if clean_coarse else coarse_labels
+    prompt = paint_masks(base, masks, shape) if masks else base
 
     if prompt is None or not prompt.any():
-        output = run_stage(fine, queries, image, spacing, label_values, name=FINE,
-                           class_probabilities=class_probabilities, **common)
-        return _pasted(output, whole_box(shape), shape, class_probabilities)
+        output = run_stage(fine, queries, image, spacing, label_values, name=FINE, **final)
+        return _pasted(output, whole_box(shape), shape, class_probabilities, FINE, base, keep_state)
     region = roi_box(prompt > 0, minimum_half_range(shape, spacing, fine.config, len(label_values)))
     index = box_slices(region)
-    output = run_stage(fine, queries, image[index], spacing, label_values, prompt[index], name=FINE,
-                       class_probabilities=class_probabilities, **common)
-    return _pasted(output, region, shape, class_probabilities)
+    output = run_stage(fine, queries, image[index], spacing, label_values, prompt[index], name=FINE, **final)
+    return _pasted(output, region, shape, class_probabilities, FINE, base, keep_state)

@@ -15,6 +15,7 @@ from ..config import MODALITIES
 from ..device import describe
 from ..errors import InputError
 from ..pipeline import segment
+from ..pipeline.refine import RefinementCache
 from ..pipeline.request import Prompt, SegmentOptions
 from ..vocabulary import Vocabulary, default_vocabulary, vocabulary_marks
 from ..weights import list_models, load_model
@@ -61,9 +62,11 @@ class CompactMask:
 
 @dataclass(frozen=True)
 class SegmentCall:
-    """Everything one `pipeline.segment` call needs, validated: image (k, j, i), spacing in mm (k, j, i), ITK
-    direction (nine numbers, or None), prompts, masks by label kept compact until the job runs."""
+    """Everything one `pipeline.segment` call needs, validated: image (k, j, i) with its upload id, spacing in mm
+    (k, j, i), ITK direction (nine numbers, or None), prompts, masks by label kept compact until the job runs, and
+    whether a kept result may be refined."""
 
+    image_id: str
     image: np.ndarray
     spacing: tuple[float, float, float]
     direction: tuple[float, ...] | None
@@ -71,6 +74,7 @@ class SegmentCall:
     modality: str | None
     masks: dict[int, CompactMask] | None
     options: SegmentOptions
+    reuse_state: bool = True
 
 
 @dataclass(frozen=True)
@@ -167,17 +171,21 @@ class Engine:
     job queue, one worker per replica."""
 
     def __init__(self, replicas: list[Replica], model_name: str, installed_models: list[str],
-                 vocabulary: list[dict]):
+                 vocabulary: list[dict], refinement_bytes: int = Limits.refinement_bytes):
         self.replicas, self.model_name = replicas, model_name
         self.installed_models, self.vocabulary = installed_models, vocabulary
+        self.refinements = RefinementCache(refinement_bytes)
+        """The last results' refinement states (the cache locks; the job workers share it)."""
 
     @classmethod
-    def load(cls, name_or_path: str | None, devices: list[str | None]) -> "Engine":
+    def load(cls, name_or_path: str | None, devices: list[str | None],
+             refinement_bytes: int = Limits.refinement_bytes) -> "Engine":
         """Load a model once per device: a model name or folder; None means the default model (the only installed
         one, else the bundled demo model; `resolve_model`), a None device the one `pick_device` chooses."""
         installed = [model.name for model in list_models()]
         replicas = load_replicas(functools.partial(load_model, name_or_path), devices)
-        return cls(replicas, replicas[0].model.config.name, installed, published_vocabulary(default_vocabulary()))
+        return cls(replicas, replicas[0].model.config.name, installed, published_vocabulary(default_vocabulary()),
+                   refinement_bytes)
 
     def describe(self) -> dict:
         """The info endpoint's engine part: every device and its memory now (`device`: the first), models,
@@ -194,19 +202,22 @@ class Engine:
     def prepare(self, request: JobRequest, image: CachedImage, limits: Limits) -> SegmentCall:
         """The validated pipeline call for a request on an uploaded image; InputError (400) names what is wrong."""
         shape = image.array.shape
-        return SegmentCall(image.array, image.spacing, image.direction, check_prompts(request, limits),
-                           request.modality, check_masks(request, shape), check_options(request, shape))
+        return SegmentCall(image.image_id, image.array, image.spacing, image.direction,
+                           check_prompts(request, limits), request.modality, check_masks(request, shape),
+                           check_options(request, shape), request.options.reuse_state)
 
     def run(self, job: Job, replica: Replica) -> JobOutcome:
-        """The job function: segment on `replica`, then keep the labels (and probability maps) over the result box,
-        compressed."""
+        """The job function: segment on `replica` (refining the kept result when allowed), then keep the labels
+        (and probability maps) over the result box, compressed. Every result's refinement state is kept, shared
+        by the replicas (states live in host memory)."""
         call: SegmentCall = job.payload
         masks = {label: mask.expand(call.image.shape) for label, mask in call.masks.items()} if call.masks else None
         with replica.selected():
             result = segment(replica.model, call.image, call.spacing, call.prompts, direction=call.direction,
                              modality=call.modality, masks=masks, options=call.options,
                              progress=lambda event: job.report(event.stage, event.done, event.total, event.message),
-                             cancel=job.cancel, device=replica.device)
+                             cancel=job.cancel, device=replica.device, states=self.refinements,
+                             image_id=call.image_id, reuse=call.reuse_state)
         box = box_slices(result.box)
         labels = np.ascontiguousarray(result.labels[box], dtype=np.int16)
         probabilities = {label: wire.deflate_array(wire.quantize_probability(probability[box]))
@@ -220,5 +231,5 @@ class Engine:
                  for label, values in result.stats.items()}
         info = {"box": [int(v) for v in result.box], "shape": list(labels.shape), "dtype": "int16",
                 "image_shape": list(call.image.shape), "modality": result.modality, "stats": stats,
-                "probabilities": sorted(probabilities)}
+                "probabilities": sorted(probabilities), "refined": result.refined}
         return JobOutcome(info, wire.deflate_array(labels), probabilities)

@@ -39,6 +39,8 @@ class Limits:
     max_prompt_chars: int = 300
     cache_bytes: int = 4 << 30
     """Voxel bytes of all cached images together."""
+    refinement_bytes: int = 2 << 30
+    """Bytes of all kept refinement states together (working images and probabilities of recent results)."""
     max_waiting_jobs: int = 16
     max_finished_jobs: int = 32
     body_timeout_seconds: float = 30.0
@@ -151,6 +153,11 @@ class OptionsBody(Strict):
     window_batch: int = Field(1, ge=1, le=64, description="Windows per network forward")
     probabilities: bool = Field(False, description="Also keep each prompt's probability map over the result box, "
                                                    "for GET /v1/jobs/{job_id}/probabilities/{label}")
+    reuse_state: bool = Field(True, description="Hybrid mode: when the engine still keeps the last result for this "
+                                                "image, prompts and options, refine it: only the windows around the "
+                                                "edit run (`box` when given, else where the masks changed) and the "
+                                                "result box is where labels may have changed (it contains `box`). "
+                                                "false: always run the whole pipeline")
 
 
 class JobRequest(Strict):
@@ -185,6 +192,9 @@ class ResultInfo(Strict):
     stats: dict[str, ClassStats] = Field(description="label value (as text) → statistics")
     probabilities: list[int] = Field(description="Label values of the prompts whose probability map can be fetched "
                                                  "(empty unless options.probabilities)")
+    refined: bool = Field(False, description="True when a kept result was refined around the edit (see "
+                                             "options.reuse_state): outside `box` the labels are those of that "
+                                             "result; false after a whole run")
 
 
 class JobStatus(Strict):

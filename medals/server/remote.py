@@ -34,8 +34,12 @@ def segment_remote(url: str, image: np.ndarray, spacing, prompts: list[Prompt], 
                    options: SegmentOptions = SegmentOptions(), progress: Callable[[ProgressEvent], None] | None = None,
                    cancel: threading.Event | None = None, timeout: float = 60.0, retries: int = 3) -> SegmentResult:
     """`pipeline.segment` run by the engine at `url`: image (k, j, i), spacing in mm (k, j, i), direction (ITK,
-    optional; sent with the image), masks as label → (k, j, i) uint8 on the image grid. Returns labels on the whole grid, and with `options.probabilities` each
-    prompt's probability map on the whole grid too (0 outside the box; sent in steps of 1/255).
+    optional; sent with the image), masks as label → (k, j, i) uint8 on the image grid. Returns labels on the
+    whole grid, and with `options.probabilities` each prompt's probability map on the whole grid too (0 outside
+    the box; sent in steps of 1/255). With masks, the engine refines its kept result for this image, prompts and
+    options when it still has one (`SegmentResult.refined`: only the windows around the edit ran, labels are 0
+    outside the returned box where the kept result's stand); `options.box` names the edit, else the engine
+    compares the masks with the kept ones.
 
     Errors come back as MedalSError subclasses (InputError for a refused request, Cancelled, OutOfMemory, or
     MedalSError when the engine cannot be reached or speaks another protocol). `timeout` bounds each socket
@@ -56,4 +60,5 @@ def segment_remote(url: str, image: np.ndarray, spacing, prompts: list[Prompt], 
     except client.ModuleError as error:
         raise MedalSError(str(error)) from None
     probabilities = result.full_probabilities() if options.probabilities else None
-    return SegmentResult(result.full_labels(), result.box, result.stats, probabilities, result.modality)
+    return SegmentResult(result.full_labels(), result.box, result.stats, probabilities, result.modality,
+                         result.refined)

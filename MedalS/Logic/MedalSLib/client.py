@@ -142,6 +142,8 @@ class SegmentationResult:
 
     probabilities: prompt label value → float32 (k, j, i) probability in [0, 1] over the same box (empty unless
     the job was run with the `probabilities` option); the engine sends them in steps of 1/255.
+    refined: the engine refined its kept result around the edit (only the windows there ran): the box is where
+    labels may have changed, and contains the box the request named.
     """
 
     labels: np.ndarray
@@ -150,6 +152,7 @@ class SegmentationResult:
     stats: dict[int, dict] = field(default_factory=dict)
     modality: str | None = None
     probabilities: dict[int, np.ndarray] = field(default_factory=dict)
+    refined: bool = False
 
     def full_labels(self) -> np.ndarray:
         """(k, j, i) int16 labels on the whole image grid, zero outside the box."""
@@ -378,7 +381,7 @@ class EngineClient:
         return SegmentationResult(labels, box, tuple(info["image_shape"]),
                                   {int(label): stats for label, stats in info["stats"].items()}, info["modality"],
                                   {int(label): self.probabilities(state.job_id, label)
-                                   for label in info["probabilities"]})
+                                   for label in info["probabilities"]}, bool(info.get("refined", False)))
 
     def segment(self, image: ImageRef, prompts, *, modality: str | None = None, masks: dict | None = None,
                 mode: str | None = None, options: dict | None = None,

@@ -277,7 +277,10 @@ class SegmentationSession:
         if prepared.region is None:
             region, labels = from_inclusive(result.box), result.labels
         else:
-            region, labels = prepared.region, labels_over(result, prepared.region)
+            # An engine that refined its kept result changed labels beyond the requested region too (result.refined):
+            # writing its whole box keeps the segments equal to the engine's result.
+            region = from_inclusive(result.box).union(prepared.region)
+            labels = labels_over(result, region)
         snapshot = write_results(segmentation_node, volume_node, labels, region, prepared.prompts,
                                  only_inside_box=prepared.region is not None, vocabulary=self.vocabulary)
         if result.probabilities:
