@@ -202,7 +202,8 @@ def test_an_unchanged_request_an_edit_outside_the_region_or_a_costly_one_is_not_
     masks[5, 5, 5] = 1
     assert edited_box(state, masks, None) == (3, 3, 3, 3, 3, 3)
     assert edited_box(state, masks, (4, 6, 4, 6, 4, 6)) == (2, 4, 2, 4, 2, 4)  # the caller's box is the edit
-    assert edited_box(state, masks, (0, 6, 4, 6, 4, 6)) is None  # the box leaves the region
+    assert edited_box(state, masks, (1, 4, 4, 6, 4, 6)) == (0, 2, 2, 4, 2, 4)  # context past the region: clipped
+    assert edited_box(state, masks, (10, 11, 4, 6, 4, 6)) is None  # a box wholly outside the region
     assert edited_box(state, masks, (2, 9, 2, 9, 2, 9)) is None  # the whole region: as dear as running again
     masks[0, 0, 0] = 1
     assert edited_box(state, masks, None) is None  # painted outside the region

@@ -150,7 +150,7 @@ def edited_box(state: RefinementState, masks: np.ndarray, box: Box | None) -> Bo
 
     masks: the new painted masks as a label map over the whole image. `box` (image coordinates), when given, is
     the edit (a client that knows what the user changed); else the edit is where the masks changed. None when
-    the masks are painted outside the state's region, the edit leaves it, nothing changed, or the edit is so
+    the masks are painted outside the state's region, the edit lies wholly outside it, nothing changed, or the edit is so
     large that refining it would cost as much as running again.
     """
     index = box_slices(state.region)
@@ -163,8 +163,11 @@ def edited_box(state: RefinementState, masks: np.ndarray, box: Box | None) -> Bo
         if not len(changed):
             return None
         local = [bound for low, high in zip(changed.min(0), changed.max(0)) for bound in (int(low), int(high))]
-    else:
-        local = [b - origin[a // 2] for a, b in enumerate(box)]
+    else:  # a client's box carries context around the edit and may reach past the kept region: its part inside
+        given = [b - origin[a // 2] for a, b in enumerate(box)]
+        if any(given[2 * a + 1] < 0 or given[2 * a] >= inside.shape[a] for a in range(3)):
+            return None
+        local = [min(max(bound, 0), inside.shape[a // 2] - 1) for a, bound in enumerate(given)]
     shape = inside.shape
     if any(not 0 <= local[2 * a] <= local[2 * a + 1] < shape[a] for a in range(3)):
         return None
