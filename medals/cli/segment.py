@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device import PRECISIONS
 from ..errors import InputError
 from ..intensity import resolve_window, to_model_range
 from ..io import Volume, case_name, format_of, list_volume_files, read_volume, write_labels, write_volume
@@ -147,7 +148,7 @@ def _summary(report: dict) -> str:
 
 
 def run_segment(args) -> int:
-    from ..device import pick_device
+    from ..device import check_precision, pick_device
 
     source, output = Path(args.image), Path(args.output)
     batch = source.is_dir() and bool(list_volume_files(source))
@@ -156,10 +157,14 @@ def run_segment(args) -> int:
     if args.server:
         from ..server.remote import segment_remote
 
+        if args.precision != "auto":
+            raise InputError("--precision sets this process's engine; a server's is set when it starts "
+                             "(medals serve --precision)")
         run = functools.partial(segment_remote, args.server, token=args.token or os.environ.get("MEDALS_SERVER_TOKEN"))
     else:
         device = pick_device(args.device)
-        run = functools.partial(segment, load_model(args.model, device), device=device)
+        precision = check_precision(args.precision, device)
+        run = functools.partial(segment, load_model(args.model, device), device=device, precision=precision)
     bars = StageBars(not args.quiet)
     reports = []
     for number, (path, target) in enumerate(zip(inputs, outputs), start=1):
@@ -191,6 +196,9 @@ def register(subparsers) -> None:
                         help="label map file (format from its extension), or a folder for a folder of images")
     parser.add_argument("--report", help="JSON report path (default: beside the output)")
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: half precision on CUDA, float32 on the CPU; fp32: float32 everywhere; bf16: "
+                             "bfloat16, about 3× faster on a recent CPU at a small accuracy cost (default auto)")
     parser.add_argument("--server", metavar="URL", help="run on the engine server at URL instead of in this process")
     parser.add_argument("--token", help="the server's token (default: $MEDALS_SERVER_TOKEN)")
     parser.add_argument("--stages", nargs="+", default=["coarse", "fine"], choices=["coarse", "fine"],

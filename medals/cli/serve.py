@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+from ..device import PRECISIONS
 from ..errors import InputError
 from ..server.protocol import Limits
 
@@ -94,7 +95,7 @@ def run_serve(args) -> int:
     from ..server.engine import Engine
 
     check_exposure(args.host, args.token)
-    engine = Engine.load(args.model, args.device)
+    engine = Engine.load(args.model, args.device, args.precision)
     app = create_app(engine, limits_from(args), args.token)
     sock = bind(args.host, args.port)
     url = url_of(sock)
@@ -126,6 +127,9 @@ def register(subparsers) -> None:
                        help=f"bearer token clients must send (default: ${TOKEN_VARIABLE}; prefer the variable, a "
                             "command line is visible to other users)")
     serve.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
+    serve.add_argument("--precision", default="auto", choices=PRECISIONS,
+                       help="auto: half precision on CUDA, float32 on the CPU; fp32: float32 everywhere; bf16: "
+                            "bfloat16, about 3× faster on a recent CPU at a small accuracy cost (default auto)")
     serve.add_argument("--model", default=None, help="installed model name or model folder (default: the "
                                                      "default installed model)")
     serve.add_argument("--cache-mb", type=float, default=defaults.cache_bytes // MIB,

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..device import pick_device
+from ..device import check_precision, pick_device
 from ..errors import InputError, OutOfMemory
 from ..modality import detect_modality
 from ..orientation import reorientation
@@ -116,7 +116,7 @@ def _statistics(labels: np.ndarray, confidence: np.ndarray, names: dict[int, str
 def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, direction=None,
             modality: str | None = None, masks: dict[int, np.ndarray] | None = None,
             options: SegmentOptions = SegmentOptions(), progress: Callable[[ProgressEvent], None] | None = None,
-            cancel: threading.Event | None = None, device=None) -> SegmentResult:
+            cancel: threading.Event | None = None, device=None, precision: str | None = None) -> SegmentResult:
     """Segment the structures named by `prompts` in a (k, j, i) image on the 0–255 scale.
 
     model: a loaded model (`config.stages`, `nets` by stage name, `text_encoder.encode(texts, modality)`);
@@ -125,7 +125,8 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
     (`medals.orientation`); modality: a modality name (aliases accepted), else detected from the prompts'
     keywords and the image (`medals.modality`); masks: optional user masks by label value, (k, j, i) on the
     image grid, used as spatial prompts (hybrid mode); progress: called once per window per stage; cancel:
-    checked between windows (raises Cancelled); device: "cuda", "cpu", a torch.device or None (auto).
+    checked between windows (raises Cancelled); device: "cuda", "cpu", a torch.device or None (auto); precision:
+    "auto" (None), "fp32" or "bf16" (`medals.device.PRECISIONS`).
     Raises InputError on a bad request, OutOfMemory when the device runs out of memory.
     """
     spacing = _check_image(image, spacing)
@@ -145,6 +146,7 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
     masks = {value: turn.apply(mask) for value, mask in masks.items()}
     box = None if box is None else turn.box(box, shape)
     device = device if isinstance(device, torch.device) else pick_device(device)
+    precision = check_precision(precision, device)
 
     stages = {name: StageModel(model.nets[name].to(device).eval(), model.config.stages[name])
               for name in stage_names}
@@ -155,7 +157,7 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
         grow_box(box, minimum_half_range(image.shape, repaired, stages[stage_names[-1]].config, len(prompts)),
                  image.shape)
     index = box_slices(region)
-    execution = Execution(device, options.window_batch, random_permutation(0), progress, cancel)
+    execution = Execution(device, options.window_batch, random_permutation(0), progress, cancel, precision)
     try:
         result = segment_volume(image[index], repaired, label_values, queries, stages,
                                 masks={v: m[index] for v, m in masks.items()},

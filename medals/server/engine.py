@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import MODALITIES
-from ..device import describe, pick_device
+from ..device import check_precision, describe, pick_device
 from ..errors import InputError
 from ..pipeline import segment
 from ..pipeline.request import Prompt, SegmentOptions
@@ -132,17 +132,21 @@ def published_vocabulary(vocabulary: Vocabulary) -> list[dict]:
 class Engine:
     """One model kept loaded on `device`, described for the info endpoint and run by the job queue."""
 
-    def __init__(self, model, model_name: str, device, installed_models: list[str], vocabulary: list[dict]):
-        self.model, self.model_name, self.device = model, model_name, device
+    def __init__(self, model, model_name: str, device, installed_models: list[str], vocabulary: list[dict],
+                 precision: str = "auto"):
+        self.model, self.model_name, self.device, self.precision = model, model_name, device, precision
         self.installed_models, self.vocabulary = installed_models, vocabulary
 
     @classmethod
-    def load(cls, name_or_path: str | None, device: str | None) -> "Engine":
-        """Load a model once: an installed name or a model folder; None means the only installed model."""
+    def load(cls, name_or_path: str | None, device: str | None, precision: str | None = None) -> "Engine":
+        """Load a model once: an installed name or a model folder; None means the only installed model. `precision`
+        is the arithmetic of every job (`medals.device.PRECISIONS`; None: auto)."""
         installed = [model.name for model in list_models()]
         torch_device = pick_device(device)
+        precision = check_precision(precision, torch_device)
         model = load_model(name_or_path, torch_device)
-        return cls(model, model.config.name, torch_device, installed, published_vocabulary(default_vocabulary()))
+        return cls(model, model.config.name, torch_device, installed, published_vocabulary(default_vocabulary()),
+                   precision)
 
     def describe(self) -> dict:
         """The info endpoint's engine part: device and its memory now, models, modalities, vocabulary."""
@@ -161,7 +165,7 @@ class Engine:
         result = segment(self.model, call.image, call.spacing, call.prompts, direction=call.direction,
                          modality=call.modality, masks=call.masks, options=call.options,
                          progress=lambda event: job.report(event.stage, event.done, event.total, event.message),
-                         cancel=job.cancel, device=self.device)
+                         cancel=job.cancel, device=self.device, precision=self.precision)
         box = box_slices(result.box)
         labels = np.ascontiguousarray(result.labels[box], dtype=np.int16)
         probabilities = {label: wire.deflate_array(wire.quantize_probability(probability[box]))
