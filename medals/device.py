@@ -31,9 +31,11 @@ the CPU")."""
 
 
 def _cpu_computes_bf16() -> bool:
-    """Whether oneDNN has native bfloat16 instructions here (AVX-512 BF16 or AMX); True when torch cannot say."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return all(probe is None for probe in probes) or any(probe() for probe in probes if probe is not None)
+    """Whether this CPU has bfloat16 instructions (AVX-512 BF16 or AMX); True where torch cannot tell."""
+    try:
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except AttributeError:  # a torch without these probes
+        return True
 
 
 def check_precision(precision: str | None, device: torch.device) -> str:

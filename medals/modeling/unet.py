@@ -42,9 +42,9 @@ def _cpu_reduced_precision_instance_norm(x: torch.Tensor, norm: nn.InstanceNorm3
     """InstanceNorm of a bfloat16/float16 CPU tensor as a group norm with one channel per group: ATen's kernel
     accumulates the statistics in float32 and normalises in one pass in either layout. (On the CPU, elementwise
     arithmetic mixing a half-width tensor with float32 statistics takes ATen's slow mixed-dtype path, ~20× slower
-    than the convolution it follows.)
+    than the convolution it follows.) The ATen op itself, as F.group_norm refuses a single voxel per channel.
     """
-    return F.group_norm(x, x.shape[1], norm.weight, norm.bias, norm.eps)
+    return torch.group_norm(x, x.shape[1], norm.weight, norm.bias, norm.eps)
 
 
 def _instance_norm_lrelu_(x: torch.Tensor, norm: nn.InstanceNorm3d) -> torch.Tensor:
