@@ -26,7 +26,7 @@ def pick_device(requested: str | None = None) -> torch.device:
 PRECISIONS = ("auto", "fp32", "bf16")
 """Inference arithmetic. auto: half-precision autocast on CUDA (bf16 where supported, else fp16), float32 on the
 CPU; fp32: float32 everywhere (the official parity tolerance holds); bf16: bfloat16 autocast on either device —
-on a CPU with AVX-512 BF16 or AMX about 3× faster than float32, at a small accuracy cost (README, "Faster on
+on a CPU with AMX up to 3.5× faster than float32, at a small accuracy cost (README, "Faster on
 the CPU")."""
 
 

@@ -23,7 +23,7 @@ from medals.io import read_volume
 from medals.metrics import dice
 from medals.modeling.medals_net import _average_pool
 from medals.modeling.unet import _instance_norm_lrelu_
-from medals.pipeline import Prompt, segment
+from medals.pipeline import Prompt, SegmentOptions, segment
 from medals.server.engine import Engine
 from medals.weights import load_model
 from medals.weights.testing import make_tiny_model
@@ -152,8 +152,10 @@ def test_bf16_labels_agree_with_float32_on_the_demo_sample(tmp_path):
 
 
 @pytest.mark.slow
-def test_bf16_labels_agree_with_float32_on_a_real_head_ct(tmp_path):
-    """The InVesalius head CT (Debian invesalius-examples, HU): bone and head, Dice ≥ 0.98 per structure."""
+def test_bf16_masks_agree_with_float32_on_a_real_head_ct():
+    """The InVesalius head CT (Debian invesalius-examples, HU), prompts head and bone: each structure's own mask
+    (probability > 0.5; the head contains the bone, so the label map shows only one of them there) agrees with
+    float32's with Dice ≥ 0.98."""
     spec = importlib.util.spec_from_file_location("prepare_demo_data", PREPARE_DEMO_DATA)
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
@@ -162,7 +164,10 @@ def test_bf16_labels_agree_with_float32_on_a_real_head_ct(tmp_path):
     prompts = [Prompt("head", 1), Prompt("bone", 2)]
     image = to_model_range(hu.astype(np.float32), "ct")
     # Identity direction, as the training set stored this CT.
-    labels = {p: segment(model, image, spacing, prompts, direction=np.eye(3), modality="ct", device=CPU,
-                         precision=p).labels for p in ("fp32", "bf16")}
+    probabilities = {p: segment(model, image, spacing, prompts, direction=np.eye(3), modality="ct", device=CPU,
+                                options=SegmentOptions(probabilities=True), precision=p).probabilities
+                     for p in ("fp32", "bf16")}
     for prompt in prompts:
-        assert dice(labels["fp32"] == prompt.label, labels["bf16"] == prompt.label) >= 0.98, prompt.text
+        masks = [probabilities[p][prompt.label] > 0.5 for p in ("fp32", "bf16")]
+        assert masks[0].sum() > 1000, prompt.text
+        assert dice(*masks) >= 0.98, prompt.text
