@@ -4,8 +4,8 @@ against float32 measured in the same run.
 Each precision runs in a fresh child process, so its peak memory is its own (the CUDA allocator's peak on a GPU,
 else the child's peak resident set size): official network width, random weights, one prompted window in the
 inference call form (image + union prompt, per-query prompts, N queries) under the pipeline's autocast, timed
-once, as the official code's figures were. The default window is the official
-coarse crop 224×224×128 (on two CPU cores about 45 s and 7 GB in float32); `--crop` runs a small one.
+once, as the official code's figures were. The default window is the official coarse crop 224×224×128 (on two
+CPU cores about 45 s and 6 GB in float32); `--crop` runs a small one.
 """
 from __future__ import annotations
 
