@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 
 # Modules that contribute a benchmark kind: each has `register(kinds)` and sets `func` on its parser.
-BENCH_MODULES = ("medals.bench.prompts", "medals.bench.gpu", "medals.bench.refine", "medals.server.bench")
+BENCH_MODULES = ("medals.bench.prompts", "medals.bench.forward", "medals.bench.gpu", "medals.bench.refine",
+                 "medals.server.bench")
 
 
 def register(subparsers) -> None:

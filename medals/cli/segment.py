@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cohort import Cohort, assign
+from ..device import PRECISIONS, check_precision
 from ..errors import InputError, MedalSError
 from ..intensity import resolve_window, to_model_range
 from ..io import (MAX_VOXELS, Volume, case_name, check_writable, format_of, list_volume_files, read_volume,
@@ -273,9 +274,14 @@ def _run_cases(args, cohort, batch: bool, inputs: list[Path], outputs: list[Path
     if args.server:
         from ..server.remote import segment_remote
 
+        if args.precision != "auto":
+            raise InputError("--precision sets this process's engine; a server's is set when it starts "
+                             "(medals serve --precision)")
         run = functools.partial(segment_remote, args.server, token=args.token or os.environ.get("MEDALS_SERVER_TOKEN"))
     else:
-        run = functools.partial(segment, load_model(args.model, cohort.device), device=cohort.device)
+        precision = check_precision(args.precision, cohort.device)
+        run = functools.partial(segment, load_model(args.model, cohort.device), device=cohort.device,
+                                precision=precision)
     bars = StageBars(not args.quiet)
     mine = [index for index, owner in enumerate(owners) if owner == cohort.rank]
     where = f"rank {cohort.rank}: " if cohort.world_size > 1 else ""
@@ -339,6 +345,9 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="skip the images whose outputs exist already (an interrupted folder run, a cohort)")
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: half precision on CUDA, float32 on the CPU; fp32: float32 everywhere; bf16: "
+                             "bfloat16, up to 3.5× faster on a CPU with AMX, at a small accuracy cost (default auto)")
     parser.add_argument("--server", metavar="URL", help="run on the engine server at URL instead of in this process")
     parser.add_argument("--token", help="the server's token (default: $MEDALS_SERVER_TOKEN)")
     parser.add_argument("--stages", nargs="+", default=["coarse", "fine"], choices=["coarse", "fine"],

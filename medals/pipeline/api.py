@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..device import pick_device
+from ..device import check_precision, pick_device
 from ..errors import InputError, OutOfMemory
 from ..modality import detect_modality
 from ..orientation import reorientation
@@ -118,8 +118,8 @@ def _statistics(labels: np.ndarray, confidence: np.ndarray, names: dict[int, str
 def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, direction=None,
             modality: str | None = None, masks: dict[int, np.ndarray] | None = None,
             options: SegmentOptions = SegmentOptions(), progress: Callable[[ProgressEvent], None] | None = None,
-            cancel: threading.Event | None = None, device=None, states: RefinementCache | None = None,
-            image_id: str | None = None, reuse: bool = True) -> SegmentResult:
+            cancel: threading.Event | None = None, device=None, precision: str | None = None,
+            states: RefinementCache | None = None, image_id: str | None = None, reuse: bool = True) -> SegmentResult:
     """Segment the structures named by `prompts` in a (k, j, i) image on the 0–255 scale.
 
     model: a loaded model (`config.stages`, `nets` by stage name, `text_encoder.encode(texts, modality)`);
@@ -128,7 +128,8 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
     (`medals.orientation`); modality: a modality name (aliases accepted), else detected from the prompts'
     keywords and the image (`medals.modality`); masks: optional user masks by label value, (k, j, i) on the
     image grid, used as spatial prompts (hybrid mode); progress: called once per window per stage; cancel:
-    checked between windows (raises Cancelled); device: "cuda", "cpu", a torch.device or None (auto).
+    checked between windows (raises Cancelled); device: "cuda", "cpu", a torch.device or None (auto); precision:
+    "auto" (None), "fp32" or "bf16" (`medals.device.PRECISIONS`).
     states: where each result's refinement state is kept (`refine.RefinementCache`); with it, a request with
     masks whose image, prompts and options match a kept result recomputes only the windows around the edit
     (`options.box`, else where the masks changed) and returns that box (`SegmentResult.refined`); anything else,
@@ -155,12 +156,13 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
     masks = {value: turn.apply(mask) for value, mask in masks.items()}
     box = None if box is None else turn.box(box, shape)
     device = device if isinstance(device, torch.device) else pick_device(device)
+    precision = check_precision(precision, device)
 
     stages = {name: StageModel(model.nets[name].to(device).eval(), model.config.stages[name])
               for name in stage_names}
     with torch.no_grad():
         queries = model.text_encoder.encode([p.text for p in prompts], modality).float()
-    execution = Execution(device, options.window_batch, random_permutation(0), progress, cancel)
+    execution = Execution(device, options.window_batch, random_permutation(0), progress, cancel, precision)
     mask_map = None if states is None else paint_masks(None, masks, image.shape)
     state = states.get(key) if states is not None and masks and reuse else None
     edit = None if state is None else edited_box(state, mask_map, box)

@@ -23,13 +23,15 @@ from .windows import Window, gaussian_importance
 
 @dataclass
 class Execution:
-    """Where and how windows run: device, windows per forward, block choice, progress reports, cancellation."""
+    """Where and how windows run: device, windows per forward, block choice, progress reports, cancellation,
+    arithmetic precision (`medals.device.PRECISIONS`)."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     window_batch: int = 1
     block_permutation: BlockPermutation = field(default_factory=random_permutation)
     progress: Callable[[ProgressEvent], None] | None = None
     cancel: threading.Event | None = None
+    precision: str = "auto"
 
     def check_cancelled(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -86,7 +88,7 @@ def stage_probabilities(net, queries: torch.Tensor, image: torch.Tensor, windows
         patches = torch.stack([image[w] for w in group])[:, None].to(device, torch.float32)
         prompts = None if prompt is None else torch.stack([prompt[w] for w in group]).to(device)
         try:
-            with autocast(device):
+            with autocast(device, execution.precision):
                 logits = window_logits(net, queries, patches, prompts, values, refine_iterations, execution)
         except torch.OutOfMemoryError:
             raise OutOfMemory(f"{device} ran out of memory in the {stage} stage; use window_batch=1, free the "

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import MODALITIES
-from ..device import describe
+from ..device import check_precision, describe
 from ..errors import InputError
 from ..pipeline import segment
 from ..pipeline.refine import RefinementCache
@@ -171,21 +171,24 @@ class Engine:
     job queue, one worker per replica."""
 
     def __init__(self, replicas: list[Replica], model_name: str, installed_models: list[str],
-                 vocabulary: list[dict], refinement_bytes: int = Limits.refinement_bytes):
-        self.replicas, self.model_name = replicas, model_name
+                 vocabulary: list[dict], refinement_bytes: int = Limits.refinement_bytes, precision: str = "auto"):
+        self.replicas, self.model_name, self.precision = replicas, model_name, precision
         self.installed_models, self.vocabulary = installed_models, vocabulary
         self.refinements = RefinementCache(refinement_bytes)
         """The last results' refinement states (the cache locks; the job workers share it)."""
 
     @classmethod
     def load(cls, name_or_path: str | None, devices: list[str | None],
-             refinement_bytes: int = Limits.refinement_bytes) -> "Engine":
+             refinement_bytes: int = Limits.refinement_bytes, precision: str | None = None) -> "Engine":
         """Load a model once per device: a model name or folder; None means the default model (the only installed
-        one, else the bundled demo model; `resolve_model`), a None device the one `pick_device` chooses."""
+        one, else the bundled demo model; `resolve_model`), a None device the one `pick_device` chooses.
+        `precision` is the arithmetic of every job (`medals.device.PRECISIONS`; None: auto), checked on every
+        device."""
         installed = [model.name for model in list_models()]
         replicas = load_replicas(functools.partial(load_model, name_or_path), devices)
+        precision = [check_precision(precision, replica.device) for replica in replicas][0]
         return cls(replicas, replicas[0].model.config.name, installed, published_vocabulary(default_vocabulary()),
-                   refinement_bytes)
+                   refinement_bytes, precision)
 
     def describe(self) -> dict:
         """The info endpoint's engine part: every device and its memory now (`device`: the first), models,
@@ -216,7 +219,8 @@ class Engine:
             result = segment(replica.model, call.image, call.spacing, call.prompts, direction=call.direction,
                              modality=call.modality, masks=masks, options=call.options,
                              progress=lambda event: job.report(event.stage, event.done, event.total, event.message),
-                             cancel=job.cancel, device=replica.device, states=self.refinements,
+                             cancel=job.cancel, device=replica.device, precision=self.precision,
+                             states=self.refinements,
                              image_id=call.image_id, reuse=call.reuse_state)
         box = box_slices(result.box)
         labels = np.ascontiguousarray(result.labels[box], dtype=np.int16)

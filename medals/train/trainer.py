@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..device import autocast_dtype
 from ..errors import InputError, MedalSError
 from ..weights.store import models_dir
 from .batches import collate, choose_case, draw_sample
@@ -51,13 +52,6 @@ class TrainResult:
 def step_seed(*numbers: int) -> int:
     """A 63-bit seed from non-negative integers (e.g. seed, rank, step, stage), well mixed."""
     return int(np.random.SeedSequence(list(numbers)).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """bf16 (or fp16 where bf16 is missing) on CUDA with precision "auto"; None (float32) otherwise."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _check_modalities(dataset: Dataset, modalities) -> None:
