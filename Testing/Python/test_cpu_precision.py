@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import load_fixture
+from conftest import parity_cases
 from medals.cli import main
 from medals.demo import DEMO_MODEL, PROMPTS, SAMPLES
 from medals.device import autocast, autocast_dtype, check_precision
@@ -27,7 +27,7 @@ from medals.pipeline import Prompt, SegmentOptions, segment
 from medals.server.engine import Engine
 from medals.weights import load_model
 from medals.weights.testing import make_tiny_model
-from test_network_parity import build_parity_net, tensors
+from test_network_parity import tensors
 
 CPU = torch.device("cpu")
 PREPARE_DEMO_DATA = Path(__file__).resolve().parents[2] / "scripts" / "prepare_demo_data.py"
@@ -88,14 +88,14 @@ def test_channels_last_token_pooling_equals_avg_pool3d(dtype):
         assert float((pooled - expected).abs().max()) <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["net_64", "net_96x64x32"])
+@pytest.mark.parametrize("name", parity_cases("net_", holding="logits_mc"))
 @torch.no_grad()
-def test_bf16_logits_against_the_official_parity_fixtures(parity, parity_weights, name):
+def test_bf16_logits_against_the_official_parity_fixtures(parity_fixtures, name):
     """Outside the parity tolerance (1e-3, hence off by default), but the thresholded masks agree on ≥ 99 % of
     voxels and the mean logit error stays under 10 % of the logits' spread (random weights: 12 convolutions of
     rounding, the worst case; measured 2–7 %)."""
-    meta, arrays = load_fixture(parity, name)
-    net = build_parity_net(parity_weights, meta["image_size"])
+    meta, arrays = parity_fixtures.load(name)
+    net = parity_fixtures.network(meta)
     queries, image, sc, mc = tensors(arrays, "queries", "image", "sc", "mc")
     with autocast(CPU, "bf16"):
         logits = net(queries, image, sc, mc).float()
@@ -126,7 +126,7 @@ def test_segment_and_the_engine_take_the_precision(tiny_folder):
     assert result.labels.shape == image.shape
     with pytest.raises(InputError, match="precision"):
         segment(model, image, (2.0, 1.5, 1.5), [Prompt("liver", 1)], device="cpu", precision="half")
-    assert Engine.load(str(tiny_folder), "cpu", "bf16").precision == "bf16"
+    assert Engine.load(str(tiny_folder), ["cpu"], precision="bf16").precision == "bf16"
 
 
 def test_precision_with_a_server_is_a_one_line_error(tmp_path, capsys):
