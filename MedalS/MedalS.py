@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "Logic"))
 from MedalSLib.client import JobCancelled  # noqa: E402
 from MedalSLib.errors import ModuleError  # noqa: E402
 from MedalSLib.jobs import Progress, Worker  # noqa: E402
-from MedalSLib.launcher import (SlicerPythonSetup, check_slicer_version, engine_command,  # noqa: E402
+from MedalSLib.launcher import (SlicerPythonSetup, check_slicer_version, device_choice, engine_command,  # noqa: E402
                                 engine_importable)
 from MedalSLib.models import OFFICIAL_NAME, import_weights, list_models  # noqa: E402
 from MedalSLib.prompts import completion_names, parse_prompts, segments_by_prompt, structure_key  # noqa: E402
@@ -501,12 +501,12 @@ class MedalSWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         mode = self._engineMode()
         if mode == "remote":
             return EngineChoice(url=self.ui.serverUrlLineEdit.text.strip(), token=self.ui.serverTokenLineEdit.text)
-        device = self.ui.deviceComboBox.currentText.strip()
+        device, precision = device_choice(self.ui.deviceComboBox.currentText)
         model = self.ui.modelLineEdit.text.strip()
         if mode == "slicer":
             with slicer.util.WaitCursor():
                 self._slicerPythonSetup().ensure_engine()
-        command = engine_command(self._enginePython(), device=None if device in ("", "auto") else device, model=model or None)
+        command = engine_command(self._enginePython(), device=device, model=model or None, precision=precision)
         return EngineChoice(command=tuple(command), env=slicer.util.startupEnvironment())
 
     def _slicerPythonSetup(self):

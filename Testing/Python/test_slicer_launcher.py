@@ -17,7 +17,8 @@ import pytest
 from slicer_fixtures import MODULE_DIR  # noqa: F401  (puts MedalSLib on sys.path)
 
 from MedalSLib.errors import EngineStartError
-from MedalSLib.launcher import READY_MARKER, TOKEN_VARIABLE, LocalEngine, engine_command, engine_version
+from MedalSLib.launcher import (PRECISIONS, READY_MARKER, TOKEN_VARIABLE, LocalEngine, device_choice, engine_command,
+                                engine_version)
 
 STAND_IN_ENGINE = textwrap.dedent(f"""
     import http.server, os, signal, sys
@@ -69,6 +70,19 @@ def test_engine_command_serves_on_a_free_loopback_port():
     assert command[:3] == ["/opt/python", "-m", "medals.cli"]
     assert command[3:9] == ["serve", "--host", "127.0.0.1", "--port", "0", "--exit-with-parent"]
     assert command[9:] == ["--device", "cuda:1", "--model", "official"]
+
+
+def test_device_field_gives_device_and_precision():
+    assert device_choice("auto") == (None, None) and device_choice(" ") == (None, None)
+    assert device_choice("cuda:1") == ("cuda:1", None)
+    assert device_choice("cpu bf16") == ("cpu", "bf16") and device_choice("bf16") == (None, "bf16")
+    assert engine_command("/opt/python", "cpu", precision="bf16")[9:] == ["--device", "cpu", "--precision", "bf16"]
+
+
+def test_device_field_precisions_are_the_engines():
+    from medals.device import PRECISIONS as ENGINE_PRECISIONS
+
+    assert set(PRECISIONS) <= set(ENGINE_PRECISIONS)
 
 
 def test_started_engine_answers_at_its_url_with_the_token(stand_in):

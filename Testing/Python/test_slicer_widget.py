@@ -318,6 +318,22 @@ def run_button(app, widget, press, timeout=120):
     app.wait_until(lambda: widget._request is None, timeout=timeout)
 
 
+def test_widget_cpu_bf16_starts_the_engine_in_bfloat16(app, tiny_model, tmp_path, monkeypatch):
+    """The device choice "cpu bf16" starts a real engine with `--precision bf16` on the CPU."""
+    monkeypatch.setenv("MEDALS_HOME", str(tmp_path / "home"))
+    widget = open_module(app)
+    ui = widget.ui
+    ui.engineModeComboBox.currentIndex = 1
+    ui.pythonPathLineEdit.currentPath = sys.executable
+    ui.modelLineEdit.text = str(tiny_model)
+    ui.deviceComboBox.currentText = "cpu bf16"
+    run_button(app, widget, ui.startEngineButton.click)
+    assert ui.statusLabel.text.startswith("Connected to the engine"), ui.statusLabel.text
+    command = widget.session.local_engine.command
+    assert command[command.index("--device") + 1] == "cpu" and command[command.index("--precision") + 1] == "bf16"
+    widget.onStopEngine()
+
+
 def test_widget_user_workflow(app, tiny_model, tmp_path, monkeypatch):
     """Load a volume, start the local engine, type prompts and take a completion, Ctrl+Enter, paint, Refine,
     Undo, Cancel mid-job, leave and re-enter the module, close the scene: as a user, with a real engine."""
