@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from .child import in_child, peak_memory_mb
-from .prompts import OFFICIAL_CROP, synthetic_window
+from .prompts import OFFICIAL_CROP, random_window
 
 MEASURED = ("fp32", "bf16")
 """The precisions compared; the first is the reference of every speed-up."""
@@ -25,17 +25,10 @@ def measure(spec: dict) -> dict:
     """One forward in this process: its seconds and the peak memory (MB)."""
     import torch
 
-    from ..config import NetConfig
     from ..device import autocast
-    from ..modeling import MedalSNet
 
-    torch.set_num_threads(spec["threads"])
-    device = torch.device(spec["device"])
-    n_queries, crop = spec["queries"], tuple(spec["crop"])
-    torch.manual_seed(0)
-    net = MedalSNet(NetConfig(crop_size=crop)).eval().to(device)
-    queries = torch.randn(n_queries, net.config.query_dim).to(device)
-    image, prompt = (t.to(device) for t in synthetic_window(crop, n_queries))
+    n_queries = spec["queries"]
+    device, net, queries, image, prompt = random_window(spec, n_queries)
     mc = torch.stack([prompt == value for value in range(1, n_queries + 1)], 1).float()
     start = time.perf_counter()
     with torch.no_grad(), autocast(device, spec["precision"]):

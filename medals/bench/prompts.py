@@ -37,23 +37,35 @@ def synthetic_window(crop, n_classes: int, seed: int = 0):
     return image, prompt
 
 
+def random_window(spec: dict, n_queries: int):
+    """What a window benchmark's child measures on: `spec["threads"]` CPU threads, an official-width network with
+    random weights for `spec["crop"]`, `n_queries` random queries and `synthetic_window`, on `spec["device"]`.
+    Returns (device, net, queries, image, prompt)."""
+    import torch
+
+    from ..config import NetConfig
+    from ..modeling import MedalSNet
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    crop = tuple(spec["crop"])
+    torch.manual_seed(0)
+    net = MedalSNet(NetConfig(crop_size=crop)).eval().to(device)
+    queries = torch.randn(n_queries, net.config.query_dim).to(device)
+    image, prompt = (t.to(device) for t in synthetic_window(crop, n_queries))
+    return device, net, queries, image, prompt
+
+
 def measure(spec: dict) -> dict:
     """One measurement in this process: seconds for all passes of `spec["kind"]` and the peak memory (MB)."""
     import torch
 
-    from ..config import NetConfig
     from ..device import autocast
-    from ..modeling import MedalSNet
     from ..pipeline.prompting import random_permutation
     from ..pipeline.sliding_window import Execution, window_logits
 
-    torch.set_num_threads(spec["threads"])
-    device = torch.device(spec["device"])
-    n_classes, crop = spec["classes"], tuple(spec["crop"])
-    torch.manual_seed(0)
-    net = MedalSNet(NetConfig(crop_size=crop)).eval().to(device)
-    queries = torch.randn(n_classes, net.config.query_dim).to(device)
-    image, prompt = (t.to(device) for t in synthetic_window(crop, n_classes))
+    n_classes = spec["classes"]
+    device, net, queries, image, prompt = random_window(spec, n_classes)
     values = torch.arange(1, n_classes + 1, device=device)
     prompted = spec["mode"] == "prompted"
     if spec["kind"] == "parallel":
