@@ -49,7 +49,7 @@ def wheel(tmp_path_factory) -> Path:
 def import_client(*path: str, cwd: Path) -> str:
     """The file `import MedalSLib.client` loads in a fresh interpreter with `path` first on sys.path."""
     run = subprocess.run([sys.executable, "-c", IMPORT_WITHOUT_SLICER, *path], capture_output=True, text=True,
-                         timeout=60, cwd=cwd)
+                         encoding="utf-8", timeout=60, cwd=cwd)
     assert run.returncode == 0, run.stderr
     return run.stdout.strip()
 

@@ -66,7 +66,7 @@ def test_the_client_works_with_only_the_standard_library_and_numpy(medals_home):
     server = start_server(medals_home)
     try:
         run = subprocess.run([sys.executable, "-c", BLOCKED_IMPORT, str(LOGIC_DIR), server.url], capture_output=True,
-                             text=True, timeout=60)
+                             text=True, encoding="utf-8", timeout=60)
     finally:
         server.stop()
     assert run.returncode == 0, run.stderr
@@ -76,6 +76,6 @@ def test_the_client_works_with_only_the_standard_library_and_numpy(medals_home):
 def test_serve_refuses_a_non_loopback_host_without_a_token():
     env = {name: value for name, value in os.environ.items() if name != "MEDALS_SERVER_TOKEN"}
     run = subprocess.run([sys.executable, "-m", "medals.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
-                         capture_output=True, text=True, timeout=120, env=env)
+                         capture_output=True, text=True, encoding="utf-8", timeout=120, env=env)
     assert run.returncode == 2
     assert "refusing to listen on 0.0.0.0 without a token" in run.stderr

@@ -33,7 +33,7 @@ def run_parity_tests(folder: Path, *selection: str) -> subprocess.CompletedProce
     command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", f"--ignore={Path(__file__)}",
                *(selection or ("-k", "parity")), str(TESTS)]
     return subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, "MEDALS_PARITY_DIR": str(folder)},
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, encoding="utf-8", timeout=1200)
 
 
 def test_the_derived_set_differs_in_every_constant_the_tests_read(derived, parity):

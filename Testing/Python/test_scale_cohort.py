@@ -50,7 +50,7 @@ def medals(*args: str, ranks: int = 1) -> subprocess.CompletedProcess:
     """`medals ARGS` in one process, or under torchrun with `ranks` gloo processes on this machine."""
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] if ranks > 1 else []
     return subprocess.run([sys.executable, *launcher, "-m", "medals.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1200)
+                          encoding="utf-8", env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1200)
 
 
 def comparable(report: list[dict], output: Path) -> list[dict]:

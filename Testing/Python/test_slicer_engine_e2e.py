@@ -96,7 +96,7 @@ def test_the_local_engine_exits_when_the_process_that_started_it_is_killed(choic
     """Slicer crashing: its engine must not live on holding the GPU (SIGKILL runs no atexit, no cleanup)."""
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(MODULE_DIR / "Logic"),
                                json.dumps({"command": list(choice.command), "env": choice.env})],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, encoding="utf-8")
     try:
         engine_pid = int(parent.stdout.readline())
         assert process_state(engine_pid) not in (None, "Z")

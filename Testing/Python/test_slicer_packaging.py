@@ -217,7 +217,7 @@ def configure(tmp_path: Path, slicer_version: str) -> subprocess.CompletedProces
     for name, text in STAND_IN_SLICER.items():
         (slicer_dir / name).write_text(textwrap.dedent(text).replace("@VERSION@", slicer_version))
     return subprocess.run(["cmake", "-S", str(REPO_ROOT), "-B", str(tmp_path / "build"),
-                           f"-DSlicer_DIR={slicer_dir}"], capture_output=True, text=True, timeout=300)
+                           f"-DSlicer_DIR={slicer_dir}"], capture_output=True, text=True, encoding="utf-8", timeout=300)
 
 
 needs_cmake = pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed (the static check "
@@ -352,7 +352,8 @@ def test_index_entry_passes_the_index_checks_on_the_repository():
     assert (REPO_ROOT / "LICENSE").is_file()
     # The homepage (the pull-request checklist): the extension's name, an image, and the licence's name.
     homepage = cmake_sets(REPO_ROOT / "CMakeLists.txt")["EXTENSION_HOMEPAGE"][0]
-    page = (REPO_ROOT / re.sub(r"^https://github\.com/[^/]+/[^/]+/blob/[^/]+/", "", homepage)).read_text(encoding="utf-8")
+    page = (REPO_ROOT / re.sub(r"^https://github\.com/[^/]+/[^/]+/blob/[^/]+/", "", homepage)).read_text(
+        encoding="utf-8")
     assert "MedalS" in page and re.search(r"!\[[^\]]*\]\([^)]+\.png\)", page) and "Apache License 2.0" in page
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
     size = sum((REPO_ROOT / name).stat().st_size for name in tracked.decode().split("\0")

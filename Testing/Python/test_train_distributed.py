@@ -36,7 +36,7 @@ def test_two_gloo_processes_train_to_identical_weights(tmp_path, parity):
     completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(tmp_path / "rank.py"), str(tmp_path / "config.json"), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=120)
+        env=env, capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert completed.returncode == 0, completed.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["losses"] == ranks[1]["losses"]  # logged losses are averaged over both processes

@@ -17,7 +17,8 @@ from pathlib import Path
 
 def in_child(function: str, spec: dict) -> dict:
     completed = subprocess.run([sys.executable, "-m", "medals.bench.child"],
-                               input=json.dumps({"function": function, "spec": spec}), text=True, capture_output=True)
+                               input=json.dumps({"function": function, "spec": spec}), text=True, encoding="utf-8",
+                               capture_output=True)
     if completed.returncode:
         raise RuntimeError(f"benchmark child failed:\n{completed.stderr.strip()}")
     return json.loads(completed.stdout.strip().splitlines()[-1])

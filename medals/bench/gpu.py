@@ -42,7 +42,8 @@ class Sizes:
     (b) to (d); windows (stage, crop, classes, prompted) for (b), the CT shape (k, j, i) and stages for (c), the
     window for (d); the demo's central crop (None: all of it)."""
 
-    fixtures: tuple[str, ...]
+    fixtures: str
+    """Which network fixtures of the folder: "all", or the "smallest" (fewest voxels)."""
     calls: tuple[str, ...]
     pipeline_fixture: bool
     plan: NetConfig
@@ -54,7 +55,7 @@ class Sizes:
     demo_crop: tuple[int, int, int] | None
 
 
-FULL = Sizes(fixtures=("net_64", "net_96x64x32", "net_224"),
+FULL = Sizes(fixtures="all",
              calls=("logits_mc", "logits_sc", "logits_none", "logits_zero_prompts"), pipeline_fixture=True,
              plan=NetConfig(), windows=(("coarse", OFFICIAL_COARSE.crop_size, 2, False),
                                         ("coarse", OFFICIAL_COARSE.crop_size, CLASSES, False),
@@ -62,7 +63,7 @@ FULL = Sizes(fixtures=("net_64", "net_96x64x32", "net_224"),
              repeats=3, ct_shape=(300, 512, 512), stages={"coarse": OFFICIAL_COARSE, "fine": OFFICIAL_FINE},
              memory_window=(OFFICIAL_FINE.crop_size, CLASSES), demo_crop=None)
 _SMALL = (32, 32, 32)
-QUICK = Sizes(fixtures=("net_96x64x32",), calls=("logits_mc",), pipeline_fixture=False, plan=TINY_PLAN,
+QUICK = Sizes(fixtures="smallest", calls=("logits_mc",), pipeline_fixture=False, plan=TINY_PLAN,
               windows=(("coarse", _SMALL, 2, False), ("coarse", _SMALL, CLASSES, False),
                        ("fine", _SMALL, CLASSES, True)),
               repeats=1, ct_shape=(40, 64, 64),
@@ -160,7 +161,7 @@ class Check:
             self.add(_row("parity", "parity fixtures", str(error), "", "absent"))
             return {"absent": str(error)}
         data = in_child("medals.bench.gpu_parity:measure_parity",
-                        self._spec(parity_dir=folder, fixtures=list(self.sizes.fixtures), calls=list(self.sizes.calls),
+                        self._spec(parity_dir=folder, fixtures=self.sizes.fixtures, calls=list(self.sizes.calls),
                                    pipeline=self.sizes.pipeline_fixture))
         groups = {}
         for row in data["rows"]:

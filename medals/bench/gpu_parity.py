@@ -2,12 +2,13 @@
 
 "float32" is strict float32 (TF32 off) and must pass the parity tests' tolerances; "tf32" (CUDA only: PyTorch's
 default for cuDNN convolutions), "fp16" and "bf16" autocast report their largest logit and probability
-differences from the official float32 outputs. Network fixtures compare logits; `pipeline_small` compares the
+differences from the official float32 outputs. Network fixtures compare logits; pipeline cases compare the
 coarse and fine stages' probabilities, each stage given the official input of that stage.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -61,10 +62,11 @@ def _differences(actual: torch.Tensor, expected, *, logits: bool) -> dict:
 
 
 def _network_outputs(name: str, arrays, net, device, calls) -> dict:
-    """Logits of each call form, or for net_224 the stored subsamples of the fused-prompt call."""
+    """Logits of each call form, or for a full-size case (which stores subsamples) those of the fused-prompt
+    call."""
     queries, image, sc, mc = (torch.from_numpy(arrays[k]).float().to(device)
                               for k in ("queries", "image", "sc", "mc"))
-    if name == "net_224":
+    if "logits_mc_sub4" in arrays.files:
         logits = net(queries, image, sc, mc)
         h, w, d = torch.from_numpy(arrays["point_index"]).long().T
         return {"logits_mc_sub4": logits[:, :, ::4, ::4, ::4], "point_logits": logits[0][:, h, w, d]}
@@ -74,7 +76,7 @@ def _network_outputs(name: str, arrays, net, device, calls) -> dict:
 
 
 def _pipeline_probabilities(stages: dict, meta: dict, arrays, device, name: str) -> dict:
-    """Coarse and fine probabilities of `pipeline_small`, each stage on its official working image."""
+    """Coarse and fine probabilities of a pipeline case, each stage on its official working image."""
     from ..pipeline.sliding_window import Execution, stage_probabilities
     from ..pipeline.windows import sliding_windows
 
@@ -105,7 +107,10 @@ def measure_parity(spec: dict) -> dict:
             row["passed"] = (row["logit_diff"] if logits else row["probability_diff"]) <= row["tolerance"]
         rows.append(row)
 
-    for fixture in spec["fixtures"]:
+    names = fixtures.cases("net_", holding="queries")
+    if spec["fixtures"] == "smallest":
+        names = [min(names, key=lambda name: math.prod(fixtures.load(name)[0]["image_size"]))]
+    for fixture in names:
         meta, arrays = fixtures.load(fixture)
         net = fixtures.network(meta).to(device)
         for name in precisions(device):
@@ -115,9 +120,10 @@ def measure_parity(spec: dict) -> dict:
                 add(fixture, output, name, actual, arrays[output])
         del net
     if spec["pipeline"]:
-        meta, arrays = fixtures.load("pipeline_small")
-        stages = fixtures.pipeline_stages(meta)
-        for name in precisions(device):
-            for output, actual in _pipeline_probabilities(stages, meta, arrays, device, name).items():
-                add("pipeline_small", output, name, actual, arrays[output], logits=False)
+        for case in fixtures.cases("pipeline_", holding="final_before_postprocess"):
+            meta, arrays = fixtures.load(case)
+            stages = fixtures.pipeline_stages(meta)
+            for name in precisions(device):
+                for output, actual in _pipeline_probabilities(stages, meta, arrays, device, name).items():
+                    add(case, output, name, actual, arrays[output], logits=False)
     return {"folder": str(fixtures.folder), "rows": rows}

@@ -33,7 +33,7 @@ class ServerProcess:
 
     def start(self) -> str:
         self.process = subprocess.Popen(self.command, stdin=self.stdin, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, env=self.env)
+                                        stderr=subprocess.STDOUT, text=True, encoding="utf-8", env=self.env)
         threading.Thread(target=self._read, name="medals-server-output", daemon=True).start()
         deadline = time.monotonic() + self.startup_timeout
         while not self._ready.wait(0.1):

@@ -86,8 +86,8 @@ def engine_version(python: str, env: dict | None = None, timeout_s: float = 120.
     """The `medals` version that `python` imports; EngineStartError with the interpreter's own words otherwise."""
     try:
         completed = subprocess.run([python, "-c", "import medals; print(medals.__version__)"], env=env,
-                                   capture_output=True, text=True, errors="replace", timeout=timeout_s,
-                                   **_no_console_window())
+                                   capture_output=True, text=True, encoding="utf-8", errors="replace",
+                                   timeout=timeout_s, **_no_console_window())
     except FileNotFoundError:
         raise EngineStartError(f"no Python interpreter at {python}") from None
     except (PermissionError, OSError) as error:
@@ -149,7 +149,8 @@ class LocalEngine:
         try:
             self._process = subprocess.Popen(self.command, env={**self.env, TOKEN_VARIABLE: self.token},
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+                                             stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
+                                             bufsize=1,
                                              **_no_console_window(), **_own_session())
         except OSError as error:
             raise EngineStartError(f"cannot run {self.command[0]}: {error.strerror or error}") from None

@@ -75,8 +75,8 @@ def last_line(text: str) -> str:
 def list_models(python: str, env: dict | None = None, timeout_s: float = LIST_TIMEOUT_S) -> list[EngineModel]:
     """The models that the engine in `python` has: its bundled ones, then those in its model store."""
     try:
-        completed = subprocess.run(list_command(python), env=env, capture_output=True, text=True, errors="replace",
-                                   timeout=timeout_s, **_no_console_window())
+        completed = subprocess.run(list_command(python), env=env, capture_output=True, text=True, encoding="utf-8",
+                                   errors="replace", timeout=timeout_s, **_no_console_window())
     except OSError as error:
         raise ModelsError(f"cannot run {python}: {error.strerror or error}") from None
     except subprocess.TimeoutExpired:
@@ -96,7 +96,7 @@ def import_weights(python: str, source: str, name: str = OFFICIAL_NAME, replace:
     """
     try:
         process = subprocess.Popen(import_command(python, source, name, replace, plan), env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+                                   stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1,
                                    **_no_console_window())
     except OSError as error:
         raise ModelsError(f"cannot run {python}: {error.strerror or error}") from None
