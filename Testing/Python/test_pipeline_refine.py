@@ -235,6 +235,47 @@ def test_a_refinement_returns_probabilities_over_its_box_when_asked(segmenter):
     assert inside.max() > 0 and refined.probabilities[1].sum() == pytest.approx(inside.sum())
 
 
+def test_two_refinements_of_one_result_at_once_take_turns(segmenter):
+    """Two workers (threads here) refine one kept result at the same time: the second waits for the first and
+    measures its edit against the masks the first left, so the state ends as after the two one after the other.
+    Without the state's lock the second would add the first edit's change a second time."""
+    import threading
+    import time
+
+    first_edit = {1: edited(seeds())}
+    both_edits = edited(seeds())
+    both_edits[8:11, 8:11, 8:11] = True
+    second_edit = {1: both_edits}
+    in_window = threading.Event()
+
+    def slow_window(event):  # the first refinement holds its window long enough for the second to start
+        in_window.set()
+        time.sleep(0.5)
+
+    def refine_with(states, masks, progress=None):
+        return segment(segmenter, volume(), SPACING, PROMPTS, modality="ct", masks=masks, progress=progress,
+                       device="cpu", states=states)
+
+    one_after_the_other = RefinementCache(1 << 30)
+    run(segmenter, one_after_the_other, masks={1: seeds()})
+    assert refine_with(one_after_the_other, first_edit).refined and refine_with(one_after_the_other, second_edit).refined
+
+    at_once = RefinementCache(1 << 30)
+    run(segmenter, at_once, masks={1: seeds()})
+    results = {}
+    first = threading.Thread(target=lambda: results.setdefault(1, refine_with(at_once, first_edit, slow_window)))
+    first.start()
+    assert in_window.wait(60)
+    second = threading.Thread(target=lambda: results.setdefault(2, refine_with(at_once, second_edit)))
+    second.start()
+    first.join(120)
+    second.join(120)
+    assert results[1].refined and results[2].refined
+    expected, state = (next(iter(c._states.values())) for c in (one_after_the_other, at_once))
+    assert np.array_equal(state.masks, expected.masks)
+    assert torch.equal(state.probabilities, expected.probabilities)
+
+
 # --- agreement on a real image (slow) ------------------------------------------------------------------------------
 
 @pytest.mark.slow

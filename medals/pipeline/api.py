@@ -165,12 +165,9 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
     execution = Execution(device, options.window_batch, random_permutation(0), progress, cancel, precision)
     mask_map = None if states is None else paint_masks(None, masks, image.shape)
     state = states.get(key) if states is not None and masks and reuse else None
-    edit = None if state is None else edited_box(state, mask_map, box)
     try:
-        if edit is not None:
-            refined = refine(state, stages[state.stage], queries, mask_map[box_slices(state.region)], edit,
-                             refine_iterations=options.refine_iterations, class_probabilities=options.probabilities,
-                             execution=execution)
+        refined = _refinement(state, stages, queries, mask_map, box, options, execution)
+        if refined is not None:
             computed = shift_box(refined.box, state.region[0::2])
             labels, confidence, class_maps = refined.labels, refined.confidence, refined.class_probabilities
         else:
@@ -199,7 +196,21 @@ def segment(model, image: np.ndarray, spacing, prompts: list[Prompt], *, directi
             probabilities[value] = turn.undo(probabilities[value])
     return SegmentResult(turn.undo(full), turn.unbox(computed, shape),
                          _statistics(labels, confidence, names, spacing), probabilities, modality,
-                         refined=edit is not None)
+                         refined=refined is not None)
+
+
+def _refinement(state, stages, queries, mask_map, box, options, execution):
+    """The refinement of a kept result around the edit, or None when there is no state or it cannot be reused.
+    Holds the state's lock: two workers of a multi-device server refining one result take turns."""
+    if state is None:
+        return None
+    with state.lock:
+        edit = edited_box(state, mask_map, box)
+        if edit is None:
+            return None
+        return refine(state, stages[state.stage], queries, mask_map[box_slices(state.region)], edit,
+                      refine_iterations=options.refine_iterations, class_probabilities=options.probabilities,
+                      execution=execution)
 
 
 def _full_run(image, spacing, label_values, queries, stages, masks, mask_map, box, options, execution, states, key):

@@ -27,7 +27,7 @@ import hashlib
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -56,7 +56,9 @@ class RefinementState:
     the region (network order); base: its prompt before the masks (int16 over the region) or None; masks: the
     painted masks as a label map over the region (int16, 0 = unpainted); image: the padded working image
     (h, w, d) float32; probabilities: per prompt (N, h, w, d) float32 over the padded working grid;
-    label_values: one per prompt, in the probabilities' order.
+    label_values: one per prompt, in the probabilities' order; lock: held from reading the state to updating it,
+    so that two workers refining one result take turns (each refinement's change is measured against the masks
+    the previous one left).
     """
 
     stage: str
@@ -67,6 +69,7 @@ class RefinementState:
     image: torch.Tensor
     probabilities: torch.Tensor
     label_values: list[int]
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:
