@@ -18,7 +18,7 @@ def pick_device(requested: str | None = None) -> torch.device:
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
-    warnings.warn("MedalS: no CUDA device found, running on the CPU in float32 (minutes per volume)",
+    warnings.warn("MedalS: no CUDA device found, running on the CPU (minutes per volume)",
                   RuntimeWarning, stacklevel=2)
     return torch.device("cpu")
 
@@ -28,6 +28,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 CPU; fp32: float32 everywhere (the official parity tolerance holds); bf16: bfloat16 autocast on either device —
 on a CPU with AMX up to 3.5× faster than float32, at a small accuracy cost (README, "Faster on
 the CPU")."""
+PRECISION_HELP = ("auto: half precision on CUDA, float32 on the CPU; fp32: float32 everywhere; bf16: bfloat16, up to "
+                  "3.5× faster on a CPU with AMX, at a small accuracy cost (default auto)")
+"""The --precision option's help, one text for every command that has it."""
 
 
 def _cpu_computes_bf16() -> bool:

@@ -15,12 +15,15 @@ import sys
 from pathlib import Path
 
 
-def in_child(function: str, spec: dict) -> dict:
+def in_child(function: str, spec: dict, echo: bool = False) -> dict:
+    """`echo`: the child's messages (stderr) go to this process's stderr as they come (progress of a long
+    measurement) instead of only into the error when it fails."""
     completed = subprocess.run([sys.executable, "-m", "medals.bench.child"],
                                input=json.dumps({"function": function, "spec": spec}), text=True, encoding="utf-8",
-                               capture_output=True)
+                               stdout=subprocess.PIPE, stderr=None if echo else subprocess.PIPE)
     if completed.returncode:
-        raise RuntimeError(f"benchmark child failed:\n{completed.stderr.strip()}")
+        raise RuntimeError("benchmark child failed" + (" (its messages are above)" if echo else
+                                                       f":\n{completed.stderr.strip()}"))
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 

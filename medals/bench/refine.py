@@ -13,6 +13,7 @@ of the structure the full run found.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 from .child import in_child, peak_memory_mb, reset_peak_memory
@@ -92,6 +93,7 @@ def measure(spec: dict) -> dict:
     import numpy as np
     import torch
 
+    from ..metrics import dice
     from ..orientation import reorientation
     from ..pipeline import segment
     from ..pipeline.refine import RefinementCache
@@ -111,21 +113,30 @@ def measure(spec: dict) -> dict:
         events = []
         reset_peak_memory(device)
         start = time.perf_counter()
-        run(events.append)
+
+        def progress(event):  # a line per window on stderr: a long case shows where it is
+            events.append(event)
+            print(f"  {spec['case']} {name}: {event.message} done at {time.perf_counter() - start:.1f} s",
+                  file=sys.stderr, flush=True)
+
+        output = run(progress)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         rows[name] = {"seconds": time.perf_counter() - start, "windows": sum(e.stage == "fine" for e in events),
                       "peak_mb": peak_memory_mb(device)}
+        print(f"  {spec['case']} {name}: {rows[name]}", file=sys.stderr, flush=True)
+        return output
 
-    request = dict(direction=direction, modality=modality, device=device, states=states)
-    results = []
-    timed("full", lambda progress: results.append(segment(model, image, spacing, prompts, masks=masks,
-                                                          progress=progress, **request)))
+    precision = spec.get("precision", "auto")
+    request = dict(direction=direction, modality=modality, device=device, precision=precision, states=states)
+    full = timed("full", lambda progress: segment(model, image, spacing, prompts, masks=masks, progress=progress,
+                                                  **request))
     state = next(iter(states._states.values()))
-    edited = _edited(masks, label, results[0].labels)
+    edited = _edited(masks, label, full.labels)
+    turn = reorientation(direction, getattr(model.config, "orientation", None))
 
     def whole_fine(progress):
-        turn = reorientation(direction, getattr(model.config, "orientation", None))
+        """The final stage over the kept region with the edited masks; labels on the input grid."""
         index = box_slices(state.region)
         painted = np.zeros(turn.apply(image).shape, np.int16)
         for value, mask in edited.items():
@@ -133,45 +144,60 @@ def measure(spec: dict) -> dict:
         prompt = np.where(painted[index] > 0, painted[index], state.base).astype(np.int16)
         with torch.no_grad():
             queries = model.text_encoder.encode([p.text for p in prompts], modality).float()
-            run_stage(StageModel(model.nets["fine"], model.config.stages["fine"]), queries,
-                      turn.apply(image)[index], repair_spacing(painted.shape, turn.permute(spacing)),
-                      [p.label for p in prompts], prompt, execution=Execution(device, progress=progress), name="fine")
+            whole = run_stage(StageModel(model.nets["fine"], model.config.stages["fine"]), queries,
+                              turn.apply(image)[index], repair_spacing(painted.shape, turn.permute(spacing)),
+                              [p.label for p in prompts], prompt,
+                              execution=Execution(device, progress=progress, precision=precision), name="fine")
+        labels = np.zeros(painted.shape, np.int16)
+        labels[index] = whole.labels
+        return turn.undo(labels)
 
-    timed("whole fine", whole_fine)
-    timed("refine", lambda progress: segment(model, image, spacing, prompts, masks=edited, progress=progress,
-                                             **request))
+    reference = timed("whole fine", whole_fine)
+    refined = timed("refine", lambda progress: segment(model, image, spacing, prompts, masks=edited,
+                                                       progress=progress, **request))
+    box = box_slices(refined.box)
+    rows["refine"]["refined"] = refined.refined
+    rows["refine"]["dice_in_box"] = dice(reference[box] == label, refined.labels[box] == label)
     return rows
 
 
 def run_refine(args) -> int:
     import torch
 
-    from ..device import pick_device
+    from ..device import check_precision, pick_device
 
     device = pick_device(args.device)
+    precision = check_precision(args.precision, device)
     threads = args.threads or torch.get_num_threads()
     print(f"medals bench refine: a refinement after a {EDIT}×{EDIT}×{EDIT}-voxel edit against a full run, {device}"
-          f"{'' if device.type == 'cuda' else f', {threads} threads'}; one child process per case")
+          f"{'' if device.type == 'cuda' else f', {threads} threads'}, precision {precision}; one child process "
+          "per case")
     print(f"{'case':<6}{'run':<12}{'seconds':>10}{'fine windows':>14}{'peak MB':>10}")
     ratios = []
     for case in args.cases:
-        rows = in_child("medals.bench.refine:measure", {"case": case, "device": str(device), "threads": threads})
+        spec = {"case": case, "device": str(device), "threads": threads, "precision": precision}
+        rows = in_child("medals.bench.refine:measure", spec, echo=True)
         for name, row in rows.items():
             print(f"{case:<6}{name:<12}{row['seconds']:>10.2f}{row['windows']:>14}{row['peak_mb']:>10.0f}",
                   flush=True)
         ratios.append(rows["refine"]["seconds"] / rows["full"]["seconds"])
         print(f"{case}: refine/full {ratios[-1]:.3f}, refine/whole fine "
-              f"{rows['refine']['seconds'] / rows['whole fine']['seconds']:.3f}", flush=True)
+              f"{rows['refine']['seconds'] / rows['whole fine']['seconds']:.3f}; inside the refined box the edited "
+              f"structure's Dice against the whole fine pass {rows['refine']['dice_in_box']:.4f}"
+              f"{'' if rows['refine']['refined'] else ' (NOT REFINED: the request ran in full)'}", flush=True)
     print(f"refine/full: {max(ratios):.3f}x")
     return 0
 
 
 def register(kinds) -> None:
     """Add `refine` to the `medals bench` subcommands."""
+    from ..device import PRECISION_HELP, PRECISIONS
+
     refine = kinds.add_parser("refine", help="a refinement after a small edit against a full run",
                               description=__doc__.split("\n\n")[0])
     refine.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES),
                         help="demo (MNI152, demo model) and/or ct (512×512×300, official size; default both)")
     refine.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
+    refine.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     refine.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     refine.set_defaults(func=run_refine)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cohort import Cohort, assign
-from ..device import PRECISIONS, check_precision
+from ..device import PRECISION_HELP, PRECISIONS, check_precision
 from ..errors import InputError, MedalSError
 from ..intensity import resolve_window, to_model_range
 from ..io import (MAX_VOXELS, Volume, case_name, check_writable, format_of, list_volume_files, read_volume,
@@ -346,8 +346,7 @@ def register(subparsers) -> None:
                         help="skip the images whose outputs exist already (an interrupted folder run, a cohort)")
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: half precision on CUDA, float32 on the CPU; fp32: float32 everywhere; bf16: "
-                             "bfloat16, up to 3.5× faster on a CPU with AMX, at a small accuracy cost (default auto)")
+                        help=PRECISION_HELP)
     parser.add_argument("--server", metavar="URL", help="run on the engine server at URL instead of in this process")
     parser.add_argument("--token", help="the server's token (default: $MEDALS_SERVER_TOKEN)")
     parser.add_argument("--stages", nargs="+", default=["coarse", "fine"], choices=["coarse", "fine"],

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from ..device import PRECISIONS
+from ..device import PRECISION_HELP, PRECISIONS
 from ..errors import InputError
 from ..server.protocol import Limits
 
@@ -134,8 +134,7 @@ def register(subparsers) -> None:
                             "(cuda:0,cuda:1), run one model replica and one job at a time on each, fed from one "
                             "queue; a device listed twice gets two workers (cpu,cpu: each with half the threads)")
     serve.add_argument("--precision", default="auto", choices=PRECISIONS,
-                       help="auto: half precision on CUDA, float32 on the CPU; fp32: float32 everywhere; bf16: "
-                            "bfloat16, up to 3.5× faster on a CPU with AMX, at a small accuracy cost (default auto)")
+                       help=PRECISION_HELP)
     serve.add_argument("--model", default=None, help="model name or model folder (default: the only installed "
                                                      "model, else the bundled demo model)")
     serve.add_argument("--cache-mb", type=float, default=defaults.cache_bytes // MIB,
