@@ -30,12 +30,19 @@ def medals_home(tmp_path_factory):
     return home
 
 
-def start_server(medals_home, *args: str, port: int = 0, stdin=None) -> ServerProcess:
-    """`medals serve --port PORT --model tiny --device cpu ARGS` with MEDALS_HOME set, started and ready."""
-    env = {**os.environ, "MEDALS_HOME": str(medals_home)}
-    server = ServerProcess(["--model", "tiny", "--device", "cpu", *args], port=port, env=env, stdin=stdin)
-    server.start()
-    return server
+def server_process(medals_home, *args: str, port: int = 0, stdin=None, env: dict | None = None) -> ServerProcess:
+    """`medals serve --port PORT --model tiny ARGS` (`--device cpu` unless ARGS name devices) with MEDALS_HOME
+    set, not started yet: `with server_process(...) as server:` starts it, waits until it is ready, stops it."""
+    env = {**os.environ, "MEDALS_HOME": str(medals_home), **(env or {})}
+    devices = [] if "--devices" in args else ["--device", "cpu"]
+    return ServerProcess(["--model", "tiny", *devices, *args], port=port, env=env, stdin=stdin)
+
+
+def connected(server: ServerProcess, token: str | None = None, timeout: float = 30) -> "client.EngineClient":
+    """A client of `server` that has checked the server's protocol (`connect`)."""
+    engine = client.EngineClient(server.url, token, timeout=timeout)
+    engine.connect()
+    return engine
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from server_fixtures import client, free_port, medals_home, random_volume, start_server, wait_until  # noqa: F401
+from server_fixtures import client, free_port, medals_home, random_volume, server_process, wait_until  # noqa: F401
 
 LOGIC_DIR = Path(__file__).resolve().parents[2] / "MedalS" / "Logic"
 
@@ -17,16 +17,13 @@ LONG_JOB = {"stages": ["fine"], "refine_iterations": 2}
 
 
 def test_an_engine_killed_mid_job_is_reported_as_lost_with_the_job(medals_home):  # noqa: F811
-    server = start_server(medals_home)
-    try:
+    with server_process(medals_home) as server:
         engine = client.EngineClient(server.url, retries=1, retry_delay=0.05)
         job = engine.submit(random_volume((16, 96, 96)), PROMPTS, modality="ct", options=LONG_JOB)
         wait_until(lambda: engine.status(job.job_id).done >= 1)
         server.kill()
         with pytest.raises(client.EngineUnavailable) as error:
             engine.wait(job.job_id)
-    finally:
-        server.stop()
     message = str(error.value)
     assert f"lost the MedalS engine while job {job.job_id} was running" in message
     assert "connection refused" in message and "run the segmentation again" in message
@@ -38,11 +35,8 @@ def test_the_client_retries_until_a_starting_engine_answers(medals_home):  # noq
     answers = []
     asking = threading.Thread(target=lambda: answers.append(engine.health()))
     asking.start()  # refused at first: nothing listens on the port yet
-    server = start_server(medals_home, port=port)
-    try:
+    with server_process(medals_home, port=port) as server:
         asking.join(120)
-    finally:
-        server.stop()
     assert answers == [{"protocol": 1, "engine": "0.1.0"}]
 
 
@@ -63,12 +57,9 @@ print(EngineClient(sys.argv[2]).connect()["protocol"])
 
 
 def test_the_client_works_with_only_the_standard_library_and_numpy(medals_home):  # noqa: F811
-    server = start_server(medals_home)
-    try:
+    with server_process(medals_home) as server:
         run = subprocess.run([sys.executable, "-c", BLOCKED_IMPORT, str(LOGIC_DIR), server.url], capture_output=True,
                              text=True, encoding="utf-8", timeout=60)
-    finally:
-        server.stop()
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "1"
 

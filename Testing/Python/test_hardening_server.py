@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from server_fixtures import (TOKEN, client, medals_home, raw_request, resident_bytes,  # noqa: F401
-                             start_server, wait_until)
+from server_fixtures import (TOKEN, client, connected, medals_home, raw_request, resident_bytes,  # noqa: F401
+                             server_process, wait_until)
 
 from medals.errors import InputError
 from medals.pipeline import Prompt, segment
@@ -36,17 +36,14 @@ BIG_SHAPE = (64, 1024, 1024)
 
 @pytest.fixture(scope="module")
 def server(medals_home):  # noqa: F811
-    process = start_server(medals_home, "--token", TOKEN, "--cache-mb", str(CACHE_MB), "--body-timeout",
-                           str(BODY_TIMEOUT))
-    yield process
-    process.stop()
+    with server_process(medals_home, "--token", TOKEN, "--cache-mb", str(CACHE_MB), "--body-timeout",
+                        str(BODY_TIMEOUT)) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def engine(server):
-    engine = client.EngineClient(server.url, TOKEN, timeout=60)
-    engine.connect()
-    return engine
+    return connected(server, TOKEN, timeout=60)
 
 
 def upload_headers(dtype: str, shape, spacing="1.5,1.5,1.5", **extra) -> dict:

@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from server_fixtures import client, raw_request, start_server  # noqa: F401
+from server_fixtures import client, raw_request, server_process  # noqa: F401
 
 from medals.cli import main
 from medals.config import ModelConfig
@@ -150,8 +150,7 @@ def test_medals_segment_turns_a_coronal_file(oriented_home, brain_two_ways, tmp_
 
 def test_a_real_server_turns_images_uploaded_with_their_direction(oriented_home, brain_two_ways):
     (axial, axial_spacing), (coronal, coronal_spacing), turn = brain_two_ways
-    server = start_server(oriented_home)
-    try:
+    with server_process(oriented_home) as server:
         local = segment(load_model(oriented_home / "models" / "tiny"), axial, axial_spacing, PROMPTS, direction=RAS,
                         modality="ct", device="cpu")
         remote = segment_remote(server.url, coronal, coronal_spacing, PROMPTS, direction=LSA.ravel(), modality="ct")
@@ -167,8 +166,6 @@ def test_a_real_server_turns_images_uploaded_with_their_direction(oriented_home,
             "Content-Type": "application/octet-stream", "X-Medals-Dtype": "uint8", "X-Medals-Shape": "2,2,2",
             "X-Medals-Spacing": "1,1,1", "X-Medals-Direction": "1,0,0,0,0,0,0,0,1"})
         assert status == 400 and "invertible" in body["detail"]
-    finally:
-        server.stop()
 
 
 def test_identity_turns_touch_nothing():

@@ -18,7 +18,7 @@ def test_bench_prompts_reports_each_mode_and_class_count_and_ends_with_the_ratio
     assert re.fullmatch(r"2 classes: \d+\.\dx", lines[-1])
 
 
-@pytest.mark.slow  # about two minutes: two full passes and a refinement of the demo sample
+@pytest.mark.slow  # about a minute: two full passes and a refinement of the demo sample
 def test_bench_refine_reports_each_run_and_ends_with_the_refine_to_full_ratio(capsys):
     assert main(["bench", "refine", "--cases", "demo", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -26,5 +26,7 @@ def test_bench_refine_reports_each_run_and_ends_with_the_refine_to_full_ratio(ca
     assert set(rows) == {"full", "whole fine", "refine"}
     assert int(rows["refine"][1]) <= 2 < int(rows["whole fine"][1])
     assert all(float(row[0]) > 0 and float(row[2]) > 0 for row in rows.values())
+    agreement = re.search(r"edited structure's Dice against the whole fine pass (\d\.\d+)$", lines[-2])
+    assert agreement and float(agreement.group(1)) >= 0.99 and "NOT REFINED" not in lines[-2]
     ratio = re.fullmatch(r"refine/full: (\d+\.\d+)x", lines[-1])
     assert ratio and float(ratio.group(1)) <= 0.1

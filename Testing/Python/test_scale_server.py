@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from server_fixtures import client, medals_home, random_volume, wait_until  # noqa: F401
+from server_fixtures import client, connected, medals_home, random_volume, server_process, wait_until  # noqa: F401
 
 from medals.cli import main
 from medals.pipeline import Prompt, SegmentOptions, segment
@@ -31,25 +31,20 @@ SPARE_CORE = 0.8
 """Idle cores of the machine, while one worker ran, from which a second worker surely had a core to itself."""
 
 
-def start_pool(medals_home, devices: str) -> ServerProcess:  # noqa: F811
-    env = {**os.environ, "MEDALS_HOME": str(medals_home), "OMP_NUM_THREADS": "1"}
-    server = ServerProcess(["--model", "tiny", "--devices", devices], env=env)
-    server.start()
-    return server
+def pool(medals_home, devices: str) -> ServerProcess:  # noqa: F811
+    """A server with one worker per device of `devices`, one thread each (not started)."""
+    return server_process(medals_home, "--devices", devices, env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
 def pair(medals_home):  # noqa: F811
-    server = start_pool(medals_home, "cpu,cpu")
-    yield server
-    server.stop()
+    with pool(medals_home, "cpu,cpu") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def engine(pair):
-    engine = client.EngineClient(pair.url, timeout=30)
-    engine.connect()
-    return engine
+    return connected(pair)
 
 
 def test_info_reports_every_device(engine):
@@ -129,17 +124,13 @@ def two_jobs_seconds(engine, image) -> tuple[float, float]:
 @pytest.mark.slow
 def test_two_workers_finish_two_equal_jobs_in_at_most_0_6_of_the_time_of_one(engine, medals_home):  # noqa: F811
     image = random_volume(SHAPE, seed=3)
-    single = start_pool(medals_home, "cpu")
-    try:
-        alone = client.EngineClient(single.url, timeout=30)
-        alone.connect()
+    with pool(medals_home, "cpu") as single:
+        alone = connected(single)
         two_jobs_seconds(alone, image), two_jobs_seconds(engine, image)  # warm-up: first forwards, upload
         runs = {"one worker": [], "two workers": []}
         for _ in range(3):  # alternated, so a change in the machine's load touches both alike
             runs["one worker"].append(two_jobs_seconds(alone, image))
             runs["two workers"].append(two_jobs_seconds(engine, image))
-    finally:
-        single.stop()
     seconds = {name: statistics.median(wall for wall, _ in values) for name, values in runs.items()}
     spare = statistics.median(idle for _, idle in runs["one worker"])
     ratio = seconds["two workers"] / seconds["one worker"]

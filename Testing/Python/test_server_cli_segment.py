@@ -6,14 +6,10 @@ import pytest
 
 from medals.cli import main
 from medals.io import Volume, read_volume, write_volume
-from server_fixtures import TOKEN, medals_home, start_server  # noqa: F401
-
-
-@pytest.fixture(scope="module")
+from server_fixtures import TOKEN, medals_home, server_process  # noqa: F401
 def server(medals_home):  # noqa: F811
-    process = start_server(medals_home, "--token", TOKEN)
-    yield process
-    process.stop()
+    with server_process(medals_home, "--token", TOKEN) as process:
+        yield process
 
 
 def test_segment_through_the_server_equals_the_in_process_run(tmp_path, server, medals_home, monkeypatch):  # noqa: F811

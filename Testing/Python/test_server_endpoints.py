@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from server_fixtures import (TOKEN, client, medals_home, random_volume, raw_request, resident_bytes,  # noqa: F401
-                             start_server, wait_until)
+from server_fixtures import (TOKEN, client, connected, medals_home, random_volume, raw_request,  # noqa: F401
+                             resident_bytes, server_process, wait_until)
 
 from medals.errors import InputError, MedalSError
 from medals.pipeline import Prompt, SegmentOptions, SegmentResult, segment
@@ -32,17 +32,14 @@ LONG_JOB = {"stages": ["fine"], "refine_iterations": 2}
 
 @pytest.fixture(scope="module")
 def server(medals_home):  # noqa: F811
-    process = start_server(medals_home, "--token", TOKEN, "--cache-mb", str(CACHE_MB), "--max-upload-mb",
-                           str(MAX_UPLOAD_MB), "--max-prompts", "4", "--max-voxels", "200000")
-    yield process
-    process.stop()
+    with server_process(medals_home, "--token", TOKEN, "--cache-mb", str(CACHE_MB), "--max-upload-mb",
+                        str(MAX_UPLOAD_MB), "--max-prompts", "4", "--max-voxels", "200000") as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def engine(server):
-    engine = client.EngineClient(server.url, TOKEN, timeout=30)
-    engine.connect()
-    return engine
+    return connected(server, TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +68,10 @@ def test_health_reports_protocol_and_engine_versions(engine):
     assert engine.health() == {"protocol": 1, "engine": "0.1.0"}
 
 
-def test_info_reports_device_model_and_limits(engine):
+def test_info_reports_device_precision_model_and_limits(engine):
     info = engine.info()
     assert info["device"]["device"] == "cpu" and info["model"] == "tiny" and info["installed_models"] == ["tiny"]
+    assert info["precision"] == "auto"  # medals serve --precision (bf16: test_slicer_widget's cpu bf16 engine)
     assert "ct" in info["modalities"]
     assert info["limits"]["max_upload_bytes"] == int(MAX_UPLOAD_MB * 2 ** 20) and info["limits"]["max_prompts"] == 4
 

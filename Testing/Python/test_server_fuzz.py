@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from server_fixtures import TOKEN, client, medals_home, start_server, wait_until  # noqa: F401
+from server_fixtures import TOKEN, client, medals_home, server_process, wait_until  # noqa: F401
 
 EXAMPLES_PER_MODE = 25
 """9 operations × 2 modes × 25 = up to 450 cases."""
@@ -28,10 +28,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def server(medals_home):  # noqa: F811
-    process = start_server(medals_home, "--token", TOKEN, "--cache-mb", "4", "--max-upload-mb", "1",
-                           "--max-request-mb", "1", "--max-prompts", "8")
-    yield process
-    process.stop()
+    with server_process(medals_home, "--token", TOKEN, "--cache-mb", "4", "--max-upload-mb", "1",
+                        "--max-request-mb", "1", "--max-prompts", "8") as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from server_fixtures import client, medals_home, random_volume, raw_request, start_server  # noqa: F401
+from server_fixtures import connected, medals_home, random_volume, raw_request, server_process  # noqa: F401
 
 from medals.pipeline import Prompt, SegmentOptions, segment
 from medals.pipeline.refine import RefinementCache
@@ -17,16 +17,13 @@ SHAPE = (16, 96, 96)
 
 @pytest.fixture(scope="module")
 def server(medals_home):  # noqa: F811
-    process = start_server(medals_home)
-    yield process
-    process.stop()
+    with server_process(medals_home) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def engine(server):
-    engine = client.EngineClient(server.url, timeout=30)
-    engine.connect()
-    return engine
+    return connected(server)
 
 
 @pytest.fixture(scope="module")

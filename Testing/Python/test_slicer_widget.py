@@ -329,6 +329,7 @@ def test_widget_cpu_bf16_starts_the_engine_in_bfloat16(app, tiny_model, tmp_path
     ui.deviceComboBox.currentText = "cpu bf16"
     run_button(app, widget, ui.startEngineButton.click)
     assert ui.statusLabel.text.startswith("Connected to the engine"), ui.statusLabel.text
+    assert widget.session.info["precision"] == "bf16" and ui.engineStatusLabel.text.endswith(", in bfloat16.")
     command = widget.session.local_engine.command
     assert command[command.index("--device") + 1] == "cpu" and command[command.index("--precision") + 1] == "bf16"
     widget.onStopEngine()

@@ -191,10 +191,10 @@ class Engine:
                    refinement_bytes, precision)
 
     def describe(self) -> dict:
-        """The info endpoint's engine part: every device and its memory now (`device`: the first), models,
-        modalities, vocabulary."""
+        """The info endpoint's engine part: every device and its memory now (`device`: the first), the
+        precision, models, modalities, vocabulary."""
         devices = [describe(replica.device) for replica in self.replicas]
-        return {"device": devices[0], "devices": devices, "model": self.model_name,
+        return {"device": devices[0], "devices": devices, "precision": self.precision, "model": self.model_name,
                 "installed_models": self.installed_models, "modalities": list(MODALITIES),
                 "vocabulary": self.vocabulary}
 

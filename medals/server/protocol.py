@@ -101,6 +101,8 @@ class Info(Strict):
     engine: str
     device: DeviceBody = Field(description="The first of `devices`")
     devices: list[DeviceBody] = Field(description="Every device the server runs jobs on, one worker each")
+    precision: str = Field(description="The arithmetic of every job (medals serve --precision): auto (half "
+                                       "precision on CUDA, float32 on the CPU), fp32 or bf16")
     model: str = Field(description="The model this server keeps loaded")
     installed_models: list[str]
     modalities: list[str]

@@ -133,8 +133,8 @@ def describe_progress(job: JobProgress) -> Progress:
 
 
 def describe_engine(info: dict, where: str) -> str:
-    """The engine's info in words: version, protocol, model and its devices with their free memory (a server
-    over several devices lists each; older engines send only `device`)."""
+    """The engine's info in words: version, protocol, model, its devices with their free memory (a server
+    over several devices lists each; older engines send only `device`) and a precision other than auto."""
 
     def device_words(device: dict) -> str:
         memory = ""
@@ -144,8 +144,9 @@ def describe_engine(info: dict, where: str) -> str:
         return f"{device.get('name', '?')} ({device.get('device', '?')}{memory})"
 
     devices = info.get("devices") or [info.get("device") or {}]
+    arithmetic = {"bf16": ", in bfloat16", "fp32": ", in float32"}.get(info.get("precision"), "")
     return (f"Connected to {where}: medals {info.get('engine')} (protocol v{info.get('protocol')}), model "
-            f"{info.get('model')}, on {' and '.join(device_words(device) for device in devices)}.")
+            f"{info.get('model')}, on {' and '.join(device_words(device) for device in devices)}{arithmetic}.")
 
 
 class SegmentationSession:
