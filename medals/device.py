@@ -33,7 +33,7 @@ PRECISION_HELP = ("auto: half precision on CUDA, float32 on the CPU; fp32: float
 """The --precision option's help, one text for every command that has it."""
 
 
-def _cpu_computes_bf16() -> bool:
+def cpu_computes_bf16() -> bool:
     """Whether this CPU has bfloat16 instructions (AVX-512 BF16 or AMX); True where torch cannot tell."""
     try:
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
@@ -51,7 +51,7 @@ def check_precision(precision: str | None, device: torch.device) -> str:
         raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise InputError(f"precision bf16 requested but {device} does not support bfloat16; use auto (fp16)")
-    if precision == "bf16" and device.type == "cpu" and not _cpu_computes_bf16():
+    if precision == "bf16" and device.type == "cpu" and not cpu_computes_bf16():
         warnings.warn("MedalS: this CPU has neither AVX-512 BF16 nor AMX: bf16 is emulated and likely slower than "
                       "fp32", RuntimeWarning, stacklevel=2)
     return precision

@@ -2,7 +2,8 @@
 
 "float32" is strict float32 (TF32 off) and must pass the parity tests' tolerances; "tf32" (CUDA only: PyTorch's
 default for cuDNN convolutions), "fp16" and "bf16" autocast report their largest logit and probability
-differences from the official float32 outputs. Network fixtures compare logits; pipeline cases compare the
+differences from the official float32 outputs. On a CPU only what the engine can run there is compared: float32,
+and bf16 where the CPU computes it (fp16 has no fast CPU kernels: minutes for the smallest fixture on an AMD EPYC). Network fixtures compare logits; pipeline cases compare the
 coarse and fine stages' probabilities, each stage given the official input of that stage.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 
 import torch
 
+from ..device import cpu_computes_bf16
 from .parity import LOGITS_TOL, PROBABILITY_TOL, ParityFixtures, first_half_blocks, label_values
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -20,10 +22,11 @@ NETWORK_CALLS = ("logits_mc", "logits_sc", "logits_none", "logits_zero_prompts")
 
 
 def precisions(device: torch.device) -> tuple[str, ...]:
-    """The precisions worth comparing on `device` (bf16 where the device has it)."""
-    cuda = device.type == "cuda"
-    bf16 = not cuda or torch.cuda.is_bf16_supported()
-    return ("float32",) + (("tf32",) if cuda else ()) + ("fp16",) + (("bf16",) if bf16 else ())
+    """The precisions worth comparing on `device`: on CUDA float32, tf32, fp16 and bf16 where the GPU has it; on a
+    CPU the engine's own, float32 and bf16 where the CPU computes it."""
+    if device.type == "cuda":
+        return ("float32", "tf32", "fp16") + (("bf16",) if torch.cuda.is_bf16_supported() else ())
+    return ("float32",) + (("bf16",) if cpu_computes_bf16() else ())
 
 
 @contextlib.contextmanager
