@@ -7,6 +7,9 @@ import pytest
 from medals.cli import main
 from medals.io import Volume, read_volume, write_volume
 from server_fixtures import TOKEN, medals_home, server_process  # noqa: F401
+
+
+@pytest.fixture(scope="module")
 def server(medals_home):  # noqa: F811
     with server_process(medals_home, "--token", TOKEN) as process:
         yield process
