@@ -28,9 +28,13 @@ PRECISIONS = ("auto", "fp32", "bf16")
 CPU; fp32: float32 everywhere (the official parity tolerance holds); bf16: bfloat16 autocast on either device —
 on a CPU with AMX up to 3.5× faster than float32, at a small accuracy cost (README, "Faster on
 the CPU")."""
-PRECISION_HELP = ("auto: half precision on CUDA, float32 on the CPU; fp32: float32 everywhere; bf16: bfloat16, up to "
-                  "3.5× faster on a CPU with AMX, at a small accuracy cost (default auto)")
-"""The --precision option's help, one text for every command that has it."""
+
+
+def add_precision_option(parser) -> None:
+    """The --precision option, one definition for every command that has it (segment, serve, bench refine)."""
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: half precision on CUDA, float32 on the CPU; fp32: float32 everywhere; bf16: "
+                             "bfloat16, up to 3.5× faster on a CPU with AMX, at a small accuracy cost (default auto)")
 
 
 def cpu_computes_bf16() -> bool:

@@ -3,8 +3,9 @@
 "float32" is strict float32 (TF32 off) and must pass the parity tests' tolerances; "tf32" (CUDA only: PyTorch's
 default for cuDNN convolutions), "fp16" and "bf16" autocast report their largest logit and probability
 differences from the official float32 outputs. On a CPU only what the engine can run there is compared: float32,
-and bf16 where the CPU computes it (fp16 has no fast CPU kernels: minutes for the smallest fixture on an AMD EPYC). Network fixtures compare logits; pipeline cases compare the
-coarse and fine stages' probabilities, each stage given the official input of that stage.
+and bf16 where the CPU computes it (fp16 has no fast CPU kernels: minutes for the smallest fixture on an AMD
+EPYC). Network fixtures compare logits; pipeline cases compare the coarse and fine stages' probabilities, each
+stage given the official input of that stage.
 """
 from __future__ import annotations
 

@@ -192,13 +192,13 @@ def run_refine(args) -> int:
 
 def register(kinds) -> None:
     """Add `refine` to the `medals bench` subcommands."""
-    from ..device import PRECISION_HELP, PRECISIONS
+    from ..device import add_precision_option
 
     refine = kinds.add_parser("refine", help="a refinement after a small edit against a full run",
                               description=__doc__.split("\n\n")[0])
     refine.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES),
                         help="demo (MNI152, demo model) and/or ct (512×512×300, official size; default both)")
     refine.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
-    refine.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+    add_precision_option(refine)
     refine.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     refine.set_defaults(func=run_refine)

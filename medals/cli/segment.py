@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cohort import Cohort, assign
-from ..device import PRECISION_HELP, PRECISIONS, check_precision
+from ..device import add_precision_option, check_precision
 from ..errors import InputError, MedalSError
 from ..intensity import resolve_window, to_model_range
 from ..io import (MAX_VOXELS, Volume, case_name, check_writable, format_of, list_volume_files, read_volume,
@@ -345,8 +345,7 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="skip the images whose outputs exist already (an interrupted folder run, a cohort)")
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help=PRECISION_HELP)
+    add_precision_option(parser)
     parser.add_argument("--server", metavar="URL", help="run on the engine server at URL instead of in this process")
     parser.add_argument("--token", help="the server's token (default: $MEDALS_SERVER_TOKEN)")
     parser.add_argument("--stages", nargs="+", default=["coarse", "fine"], choices=["coarse", "fine"],

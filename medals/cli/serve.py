@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from ..device import PRECISION_HELP, PRECISIONS
+from ..device import add_precision_option
 from ..errors import InputError
 from ..server.protocol import Limits
 
@@ -133,8 +133,7 @@ def register(subparsers) -> None:
                        help="cuda, cuda:N or cpu (default: CUDA when present); several, comma-separated or repeated "
                             "(cuda:0,cuda:1), run one model replica and one job at a time on each, fed from one "
                             "queue; a device listed twice gets two workers (cpu,cpu: each with half the threads)")
-    serve.add_argument("--precision", default="auto", choices=PRECISIONS,
-                       help=PRECISION_HELP)
+    add_precision_option(serve)
     serve.add_argument("--model", default=None, help="model name or model folder (default: the only installed "
                                                      "model, else the bundled demo model)")
     serve.add_argument("--cache-mb", type=float, default=defaults.cache_bytes // MIB,
